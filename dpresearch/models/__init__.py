@@ -1,0 +1,1 @@
+"""Models as plain ``nn.Module``s, built from config through ``_target_``."""

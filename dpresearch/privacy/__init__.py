@@ -1,0 +1,33 @@
+"""All of the DP machinery: accounting, clipping specs, engines, and the training strategy.
+
+The rest of the package talks to it through ``make_plan``, ``build_strategy`` and the
+``PrivacyMetrics`` callback.
+"""
+
+from dpresearch.privacy.accounting import (
+    AccountingError,
+    EpsilonResult,
+    calibrate_noise,
+    compute_epsilon,
+)
+from dpresearch.privacy.callback import PrivacyMetrics
+from dpresearch.privacy.plan import PrivacyPlan, build_strategy, make_plan
+from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy, PrivacyConfigError
+from dpresearch.privacy.strategy import DPStrategy, PhysicalBatchStrategy
+
+__all__ = [
+    "AccountingError",
+    "DPSpec",
+    "DPStrategy",
+    "EpsilonResult",
+    "FixedClipping",
+    "NoPrivacy",
+    "PhysicalBatchStrategy",
+    "PrivacyConfigError",
+    "PrivacyMetrics",
+    "PrivacyPlan",
+    "build_strategy",
+    "calibrate_noise",
+    "compute_epsilon",
+    "make_plan",
+]

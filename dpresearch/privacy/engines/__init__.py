@@ -1,0 +1,1 @@
+"""Per-example gradient engines. ``hooks``: Opacus' per-sample gradient hooks."""

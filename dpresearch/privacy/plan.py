@@ -1,0 +1,111 @@
+"""From config to a DP plan: sample rate, steps, calibrated noise; and the strategy that runs it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dpresearch.data.samplers import Sampling
+from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
+from dpresearch.privacy.engines import hooks
+from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
+from dpresearch.privacy.strategy import DPStrategy, PhysicalBatchStrategy
+from dpresearch.privacy.validation import check_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrivacyPlan:
+    """What a run will do, known before training. Every key ends up in summary.json."""
+
+    private: bool
+    sample_rate: float
+    expected_batch_size: int
+    steps_per_epoch: int
+    steps: int
+    epochs: int
+    accounting_matches_sampler: bool | None
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    target_epsilon: float | None = None
+    planned_epsilon: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_plan(
+    privacy: DPSpec | NoPrivacy,
+    clipping: FixedClipping,
+    sampling: Sampling,
+    num_train: int,
+    epochs: int,
+) -> PrivacyPlan:
+    """Check the configuration against the data and calibrate the noise (raises clear errors)."""
+    if epochs < 1:
+        raise ValueError(f"trainer.max_epochs must be >= 1, got {epochs}")
+    q = sampling.sample_rate(num_train)
+    per_epoch = sampling.steps_per_epoch(num_train)
+    steps = per_epoch * epochs
+    plan = PrivacyPlan(
+        private=privacy.enabled,
+        sample_rate=q,
+        expected_batch_size=sampling.expected_batch_size,
+        steps_per_epoch=per_epoch,
+        steps=steps,
+        epochs=epochs,
+        accounting_matches_sampler=sampling.is_poisson if privacy.enabled else None,
+    )
+    if not privacy.enabled:
+        return plan
+    privacy.check_dataset(num_train)
+    sigma = privacy.noise_multiplier
+    if sigma is None:
+        sigma = calibrate_noise(privacy.target_epsilon, q, steps, privacy.delta, privacy.accountant)
+    planned = compute_epsilon(q, sigma, steps, privacy.delta, privacy.accountant)
+    plan.noise_multiplier = sigma
+    plan.max_grad_norm = clipping.max_grad_norm
+    plan.delta = privacy.delta
+    plan.accountant = planned.accountant
+    plan.target_epsilon = privacy.target_epsilon
+    plan.planned_epsilon = planned.epsilon
+    if not sampling.is_poisson:
+        log.warning(
+            "sampler=%s draws fixed-size shuffled batches, but the accountant assumes Poisson "
+            "sampling: the reported epsilon is NOT a proven guarantee for this run "
+            "(use sampler=poisson)",
+            sampling.name,
+        )
+    return plan
+
+
+def build_strategy(
+    plan: PrivacyPlan,
+    privacy: DPSpec | NoPrivacy,
+    clipping: FixedClipping,
+    sampling: Sampling,
+    model: nn.Module,
+    device: torch.device,
+    seed: int,
+) -> PhysicalBatchStrategy:
+    if not plan.private:
+        return PhysicalBatchStrategy(sampling.max_physical_batch_size, device)
+    check_model(model, hooks.supported_types(), clipping.engine)
+    noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
+    return DPStrategy(
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=clipping.max_grad_norm,
+        expected_batch_size=sampling.expected_batch_size,
+        sample_rate=plan.sample_rate,
+        delta=plan.delta,
+        accountant=plan.accountant,
+        max_physical_batch_size=sampling.max_physical_batch_size,
+        noise_seed=noise_seed,
+        device=device,
+    )

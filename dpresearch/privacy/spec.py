@@ -1,0 +1,87 @@
+"""The ``privacy`` and ``clipping`` config groups as objects (built by ``_target_``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dpresearch.privacy.accounting import ACCOUNTANTS
+
+
+class PrivacyConfigError(ValueError):
+    """A privacy configuration that cannot be honoured; the message says what to change."""
+
+
+@dataclass
+class DPSpec:
+    """Train with DP-SGD. Give exactly one of ``target_epsilon`` and ``noise_multiplier``."""
+
+    target_epsilon: float | None = 3.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    accountant: str = "prv"
+    noise_seed: int | None = None  # None: derived from the run's seed
+
+    enabled = True
+
+    def __post_init__(self) -> None:
+        if self.accountant not in ACCOUNTANTS:
+            raise PrivacyConfigError(
+                f"privacy.accountant={self.accountant!r} is not one of {list(ACCOUNTANTS)}"
+            )
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise PrivacyConfigError(
+                "set exactly one of privacy.target_epsilon and privacy.noise_multiplier "
+                f"(got {self.target_epsilon} and {self.noise_multiplier}); e.g. "
+                "privacy.noise_multiplier=1.0 privacy.target_epsilon=null"
+            )
+        if self.target_epsilon is not None and not (
+            self.target_epsilon > 0 and math.isfinite(self.target_epsilon)
+        ):
+            raise PrivacyConfigError(
+                f"privacy.target_epsilon must be a positive finite number, got "
+                f"{self.target_epsilon}; for training without privacy use privacy=none"
+            )
+        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0):
+            raise PrivacyConfigError(
+                f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}"
+            )
+        if not (0 < self.delta < 1):
+            raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+
+    def check_dataset(self, num_train: int) -> None:
+        if self.delta >= 1.0 / num_train:
+            raise PrivacyConfigError(
+                f"privacy.delta={self.delta:g} is >= 1/N = {1.0 / num_train:.3g} for the "
+                f"{num_train} training examples: such a delta allows publishing an example "
+                f"outright; set privacy.delta below {1.0 / num_train:.3g} (e.g. 1/(10 N))"
+            )
+
+
+@dataclass
+class NoPrivacy:
+    """Train without privacy: same data, model, sampler and steps, for comparison."""
+
+    enabled = False
+
+
+@dataclass
+class FixedClipping:
+    """Flat clipping: each example's gradient is scaled by min(1, C / ||g_i||)."""
+
+    max_grad_norm: float = 1.0
+    engine: str = "hooks"
+
+    name = "fixed"
+    engines = ("hooks",)
+
+    def __post_init__(self) -> None:
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise PrivacyConfigError(
+                f"clipping.max_grad_norm must be a positive number, got {self.max_grad_norm}"
+            )
+        if self.engine not in self.engines:
+            raise PrivacyConfigError(
+                f"clipping.engine={self.engine!r} is not available; choose one of "
+                f"{list(self.engines)}"
+            )

@@ -1,0 +1,91 @@
+"""Callbacks that measure and record, independent of the logger chosen."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Throughput(pl.Callback):
+    """Training examples per second, counting only time inside training batches."""
+
+    def __init__(self) -> None:
+        self.examples = 0
+        self.seconds = 0.0
+        self._epoch_examples = 0
+        self._epoch_seconds = 0.0
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_examples, self._epoch_seconds = 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self._t0
+        n = len(batch[1])
+        self._epoch_seconds += dt
+        self._epoch_examples += n
+        self.seconds += dt
+        self.examples += n
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_seconds > 0:
+            pl_module.log("train_examples_per_s", self._epoch_examples / self._epoch_seconds)
+
+    @property
+    def examples_per_s(self) -> float | None:
+        return self.examples / self.seconds if self.seconds > 0 else None
+
+
+class MetricsRecorder(pl.Callback):
+    """Appends every epoch's logged metrics to ``metrics.jsonl`` as soon as they exist, so a
+    run that crashes keeps what it measured."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.last: dict[str, float] = {}
+
+    def _write(self, trainer: pl.Trainer, stage: str) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: _num(v) for k, v in trainer.callback_metrics.items()}
+        self.last.update(metrics)
+        row = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        row.update(metrics)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._write(trainer, "val")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "train")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "test")
+
+
+def _num(v) -> float | None:
+    x = float(v.item() if isinstance(v, torch.Tensor) else v)
+    return x if math.isfinite(x) else None

@@ -1,0 +1,60 @@
+"""Logger factories for the ``logger`` config group.
+
+wandb runs offline unless the user chose otherwise (WANDB_MODE set, or an API key present):
+without a network, an online ``wandb.init`` retries for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "dpresearch",
+    group: str | None = None,
+    tags: list[str] | None = None,
+    job_type: str = "train",
+    mode: str | None = None,
+    run_config: DictConfig | dict | None = None,
+    name: str | None = None,
+):
+    from pytorch_lightning.loggers import WandbLogger
+
+    if mode is None:
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    os.environ["WANDB_MODE"] = mode
+    if isinstance(run_config, DictConfig):
+        run_config = OmegaConf.to_container(run_config, resolve=True)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        group=group,
+        tags=list(tags or []),
+        job_type=job_type,
+        name=name,
+        config=run_config,
+        mode=mode,
+        log_model=False,
+    )
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def csv_logger(save_dir: str, **_: object):
+    from pytorch_lightning.loggers import CSVLogger
+
+    return CSVLogger(save_dir=save_dir, name="csv", version="")
+
+
+def no_logger(save_dir: str, **_: object) -> bool:
+    return False

@@ -1,0 +1,145 @@
+"""run(cfg): the one orchestration function. Config -> objects -> trainer -> records."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dpresearch.finetune import parameter_counts
+from dpresearch.module import ClassificationModule
+from dpresearch.privacy import DPStrategy, PrivacyMetrics, build_strategy, make_plan
+from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
+from dpresearch.tracking.console import print_config, print_summary
+from dpresearch.tracking.summary import write_summary
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError("trainer.accelerator=gpu but no CUDA device is visible; use cpu")
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
+    """Train and test one configuration; always leaves summary.json in ``output_dir``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    choices = dict(choices or {})
+    start = time.perf_counter()
+    summary: dict = {
+        "experiment": cfg.get("name"),
+        "seed": cfg.seed,
+        "status": "running",
+        "output_dir": str(out),
+    }
+    if cfg.get("print_config", False):
+        print_config(cfg)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    logger = None
+    throughput = Throughput()
+    trainer: pl.Trainer | None = None
+    try:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        sampling = instantiate(cfg.sampler)
+        privacy = instantiate(cfg.privacy)
+        clipping = instantiate(cfg.clipping)
+        scope = instantiate(cfg.finetune)
+        datamodule = instantiate(cfg.dataset)
+        datamodule.attach_sampler(sampling, cfg.seed)
+        summary.update(
+            dataset=choices.get("dataset", datamodule.name),
+            model=choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
+            clipping=choices.get("clipping", clipping.name) if privacy.enabled else None,
+            finetune=choices.get("finetune", scope.name),
+            sampler=choices.get("sampler", sampling.name),
+            private=privacy.enabled,
+        )
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model = instantiate(
+            cfg.model,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.input_shape[0],
+        )
+        model = scope.apply(model)
+        summary.update(parameter_counts(model))
+        plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer.max_epochs)
+        summary.update(
+            {k: v for k, v in plan.to_dict().items() if k not in ("private",)},
+            num_train=datamodule.num_train,
+        )
+        device = resolve_device(cfg.trainer.get("accelerator", "auto"))
+        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed)
+        module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
+        logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
+        callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
+        trainer = instantiate(
+            cfg.trainer,
+            strategy=strategy,
+            logger=logger,
+            callbacks=callbacks,
+            default_root_dir=str(out),
+            use_distributed_sampler=False,
+        )
+        trainer.fit(module, datamodule=datamodule)
+        val_acc = trainer.callback_metrics.get("val_acc")
+        summary["val_accuracy"] = float(val_acc) if val_acc is not None else None
+        if isinstance(strategy, DPStrategy):
+            eps = strategy.epsilon()
+            summary.update(
+                epsilon=eps.epsilon,
+                epsilon_lower=eps.epsilon_lower,
+                epsilon_upper=eps.epsilon_upper,
+                accountant=eps.accountant,
+                accountant_note=eps.note,
+                steps=strategy.dp_steps,
+            )
+        else:
+            summary["steps"] = trainer.global_step
+        summary["epochs"] = trainer.current_epoch
+        test = trainer.test(module, datamodule=datamodule, verbose=False)
+        summary["test_accuracy"] = test[0].get("test_acc") if test else None
+        summary["status"] = "completed"
+    except BaseException as err:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(err).__name__}: {err}"
+        (out / "error.log").write_text(traceback.format_exc())
+        raise
+    finally:
+        summary["train_examples_per_s"] = throughput.examples_per_s
+        summary["peak_memory_mb"] = peak_memory_mb(
+            trainer.strategy.root_device if trainer else torch.device("cpu")
+        )
+        summary["wall_s"] = time.perf_counter() - start
+        if trainer is None or summary["status"] != "completed":
+            summary.setdefault("steps", None)
+        write_summary(out / "summary.json", summary)
+        _finish_wandb(logger, summary)
+    print_summary(summary)
+    return summary
+
+
+def _finish_wandb(logger, summary: dict) -> None:
+    """Close the wandb run (multirun jobs share a process) with the final numbers in it."""
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        if wandb.run is not None:
+            for key, value in summary.items():
+                if isinstance(value, (int, float, str, bool)) or value is None:
+                    wandb.run.summary[key] = value
+            wandb.finish(exit_code=0 if summary.get("status") == "completed" else 1)

@@ -34,8 +34,14 @@ class ClassificationModule(pl.LightningModule):
         if n:
             acc = (logits.argmax(-1) == y).float().mean()
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
-            self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, batch_size=n,
-                     prog_bar=stage != "train")
+            self.log(
+                f"{stage}_acc",
+                acc,
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                prog_bar=stage != "train",
+            )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

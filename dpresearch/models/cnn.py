@@ -47,9 +47,7 @@ class SmallCNN(nn.Module):
 class Conv1DNet(nn.Module):
     """1-D convolutional classifier for sequences such as MNIST-1D (length 40)."""
 
-    def __init__(
-        self, num_classes: int, in_channels: int = 1, width: int = 32, groups: int = 8
-    ):
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32, groups: int = 8):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels

@@ -20,9 +20,7 @@ class _Block(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.act = nn.ReLU()
         self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False)
-            if stride != 1 or c_in != c_out
-            else None
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
         )
 
     def forward(self, x):
@@ -54,7 +52,12 @@ class WideResNet(nn.Module):
                 c_in = widths[stage] if i == 0 else widths[stage + 1]
                 stride = 2 if (stage > 0 and i == 0) else 1
                 layers.append(_Block(c_in, widths[stage + 1], stride, norm, groups))
-        layers += [norm2d(norm, widths[3], groups), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [
+            norm2d(norm, widths[3], groups),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        ]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(widths[3], num_classes)
 

@@ -7,6 +7,8 @@ output gradient at position 0.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from opacus import GradSampleModule
 from opacus.grad_sample import register_grad_sampler
@@ -31,4 +33,7 @@ def supported_types() -> set[type]:
 
 def attach(module: nn.Module) -> GradSampleModule:
     """Hook every trainable layer of ``module`` in place; ``.remove_hooks()`` undoes it."""
+    # The first layer's input needs no gradient; torch warns on every step that the full
+    # backward hook fires anyway, which is what Opacus relies on.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     return GradSampleModule(module, batch_first=True, loss_reduction="mean", strict=True)

@@ -1,0 +1,101 @@
+"""Per-example clipping against a brute-force loop over single examples, through the real
+Lightning strategy (Opacus hooks), with and without splitting into physical batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tests.conftest import dp_strategy, fit_batches
+
+
+def mixed_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    )
+
+
+def brute_force_update(model, x, y, clip: float, expected: int, lr: float) -> list[torch.Tensor]:
+    """-lr * (sum_i clip_C(g_i)) / expected, one example at a time."""
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        factor = min(1.0, clip / (norm.item() + 1e-6))
+        for t, g in zip(total, grads):
+            t += factor * g
+    return [-lr * t / expected for t in total]
+
+
+@pytest.mark.parametrize("max_physical", [64, 7], ids=["one-physical-batch", "split-into-7s"])
+@pytest.mark.parametrize("clip", [0.05, 1.0, 100.0])
+def test_dp_step_equals_brute_force_clipped_mean(clip: float, max_physical: int) -> None:
+    torch.manual_seed(1)
+    x, y = torch.randn(24, 1, 6, 6), torch.randint(0, 5, (24,))
+    model = mixed_model()
+    reference = copy.deepcopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    expected = 20  # the expected (Poisson) batch size, not the realized one
+    fit_batches(model, x, y, [list(range(24))], dp_strategy(0.0, clip, expected, max_physical))
+    want = brute_force_update(reference, x, y, clip, expected, lr=1.0)
+    for p, b, w in zip(model.parameters(), before, want):
+        torch.testing.assert_close(p.detach() - b, w, atol=1e-6, rtol=1e-4)
+
+
+def test_clipping_is_active_small_threshold_differs_from_unclipped() -> None:
+    """Guard against a test that cannot fail: a tiny threshold changes the update."""
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 5, (16,))
+    small = brute_force_update(mixed_model(), x, y, 1e-3, 16, 1.0)
+    large = brute_force_update(mixed_model(), x, y, 1e3, 16, 1.0)
+    assert not torch.allclose(small[-1], large[-1])
+
+
+def test_empty_poisson_batch_still_takes_a_noisy_step() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 5, (8,))
+    model = mixed_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    strategy = dp_strategy(noise=1.0, clip=1.0, expected_batch_size=4)
+    fit_batches(model, x, y, [[]], strategy)
+    assert strategy.dp_steps == 1
+    moved = sum((p.detach() - b).abs().sum() for p, b in zip(model.parameters(), before))
+    assert moved > 0  # pure noise, std sigma*C/E per coordinate
+
+
+def test_noise_has_std_sigma_c_over_expected_batch() -> None:
+    """With an all-zero-gradient batch (clip tiny), the update is pure noise N(0, (sigma C/E)^2)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 200))
+    x, y = torch.zeros(4, 1, 6, 6), torch.zeros(4, dtype=torch.long)
+    before = [p.detach().clone() for p in model.parameters()]
+    sigma, clip, expected = 2.0, 1e-6, 8
+    fit_batches(model, x, y, [list(range(4))], dp_strategy(sigma, clip, expected), lr=1.0)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    std = delta.std().item()
+    assert abs(std - sigma * clip / expected) / (sigma * clip / expected) < 0.05
+
+
+def test_nonprivate_physical_batches_accumulate_to_the_full_batch_gradient() -> None:
+    from dpresearch.privacy.strategy import PhysicalBatchStrategy
+
+    torch.manual_seed(2)
+    x, y = torch.randn(23, 1, 6, 6), torch.randint(0, 5, (23,))
+    split, whole = mixed_model(), mixed_model()
+    before = [p.detach().clone() for p in split.parameters()]
+    fit_batches(split, x, y, [list(range(23))], PhysicalBatchStrategy(5))
+    whole.zero_grad()
+    F.cross_entropy(whole(x), y).backward()
+    for p, b, q in zip(split.parameters(), before, whole.parameters()):
+        torch.testing.assert_close(p.detach() - b, -q.grad, atol=1e-6, rtol=1e-4)

@@ -1,0 +1,80 @@
+"""Samplers against their distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dpresearch.data.samplers import PoissonSampling, ShuffleSampling
+
+
+def test_poisson_batch_sizes_have_binomial_mean_and_variance() -> None:
+    n, q, steps = 2000, 0.05, 4000
+    sampler = PoissonSampling(expected_batch_size=100).build(n, seed=3)
+    sizes = []
+    while len(sizes) < steps:
+        sizes += [len(b) for b in sampler]
+    sizes = np.array(sizes[:steps])
+    mean, var = n * q, n * q * (1 - q)
+    # Standard errors: mean var/steps; variance ~ sqrt(2/steps) relative.
+    assert abs(sizes.mean() - mean) < 4 * np.sqrt(var / steps)
+    assert abs(sizes.var(ddof=1) - var) < 4 * var * np.sqrt(2 / steps)
+    assert len(set(sizes.tolist())) > 10  # sizes vary: not fixed batches
+
+
+def test_poisson_inclusions_are_independent_and_at_rate_q() -> None:
+    n, q, steps = 50, 0.2, 6000
+    sampler = PoissonSampling(expected_batch_size=10).build(n, seed=5)
+    incl = np.zeros((steps, n), dtype=bool)
+    t = 0
+    while t < steps:
+        for batch in sampler:
+            if t == steps:
+                break
+            incl[t, batch] = True
+            t += 1
+    # Each example's inclusion rate is q.
+    rates = incl.mean(0)
+    assert np.all(np.abs(rates - q) < 5 * np.sqrt(q * (1 - q) / steps))
+    # Pairwise independence: 2x2 contingency chi-square for several pairs.
+    pvalues = []
+    for a, b in [(0, 1), (2, 7), (10, 49), (20, 21), (33, 34)]:
+        table = np.array(
+            [[np.sum(incl[:, a] & incl[:, b]), np.sum(incl[:, a] & ~incl[:, b])],
+             [np.sum(~incl[:, a] & incl[:, b]), np.sum(~incl[:, a] & ~incl[:, b])]]
+        )  # fmt: skip
+        pvalues.append(stats.chi2_contingency(table)[1])
+    assert min(pvalues) > 0.001
+    # Across steps, one example's inclusions are independent too (lag-1 contingency).
+    lagged = np.array(
+        [[np.sum(incl[:-1, 0] & incl[1:, 0]), np.sum(incl[:-1, 0] & ~incl[1:, 0])],
+         [np.sum(~incl[:-1, 0] & incl[1:, 0]), np.sum(~incl[:-1, 0] & ~incl[1:, 0])]]
+    )  # fmt: skip
+    assert stats.chi2_contingency(lagged)[1] > 0.001
+
+
+def test_poisson_steps_per_epoch_is_n_over_expected_batch() -> None:
+    spec = PoissonSampling(expected_batch_size=64)
+    assert spec.steps_per_epoch(1294) == round(1294 / 64)
+    assert len(list(spec.build(1294, 0))) == round(1294 / 64)
+    assert spec.sample_rate(1294) == pytest.approx(64 / 1294)
+
+
+def test_poisson_is_reproducible_from_its_seed() -> None:
+    a = list(PoissonSampling(expected_batch_size=10).build(100, seed=1))
+    b = list(PoissonSampling(expected_batch_size=10).build(100, seed=1))
+    c = list(PoissonSampling(expected_batch_size=10).build(100, seed=2))
+    assert a == b and a != c
+
+
+def test_shuffle_gives_fixed_size_batches_covering_each_example_once() -> None:
+    batches = list(ShuffleSampling(expected_batch_size=10).build(105, seed=0))
+    assert all(len(b) == 10 for b in batches) and len(batches) == 10
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+
+
+def test_expected_batch_larger_than_dataset_is_refused() -> None:
+    with pytest.raises(ValueError, match="expected_batch_size"):
+        PoissonSampling(expected_batch_size=500).build(100, seed=0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,16 @@ from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import write_summary
 
 log = logging.getLogger(__name__)
+
+
+def build(node: DictConfig, **kwargs):
+    """instantiate, but surface our own config errors instead of Hydra's wrapper around them."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -50,11 +61,11 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     trainer: pl.Trainer | None = None
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        sampling = instantiate(cfg.sampler)
-        privacy = instantiate(cfg.privacy)
-        clipping = instantiate(cfg.clipping)
-        scope = instantiate(cfg.finetune)
-        datamodule = instantiate(cfg.dataset)
+        sampling = build(cfg.sampler)
+        privacy = build(cfg.privacy)
+        clipping = build(cfg.clipping)
+        scope = build(cfg.finetune)
+        datamodule = build(cfg.dataset)
         datamodule.attach_sampler(sampling, cfg.seed)
         summary.update(
             dataset=choices.get("dataset", datamodule.name),
@@ -66,7 +77,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         )
         datamodule.prepare_data()
         datamodule.setup("fit")
-        model = instantiate(
+        model = build(
             cfg.model,
             num_classes=datamodule.num_classes,
             in_channels=datamodule.input_shape[0],
@@ -123,7 +134,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         summary["wall_s"] = time.perf_counter() - start
         if trainer is None or summary["status"] != "completed":
             summary.setdefault("steps", None)
-        write_summary(out / "summary.json", summary)
+        summary = write_summary(out / "summary.json", summary)
         _finish_wandb(logger, summary)
     print_summary(summary)
     return summary

@@ -63,9 +63,7 @@ def test_calibrated_noise_gives_epsilon_within_one_percent_below_target(target, 
     assert target * 0.99 <= eps <= target
 
 
-@pytest.mark.parametrize(
-    "q,sigma,steps", [(0.1, 0.3, 10000), (0.05, 0.2, 1000), (0.5, 0.5, 5000)]
-)
+@pytest.mark.parametrize("q,sigma,steps", [(0.1, 0.3, 10000), (0.05, 0.2, 1000), (0.5, 0.5, 5000)])
 def test_large_budgets_never_crash_and_stay_upper_bounds(q, sigma, steps) -> None:
     result = compute_epsilon(q, sigma, steps, 1e-5)
     assert math.isfinite(result.epsilon) and result.epsilon > 50

@@ -42,7 +42,9 @@ class DPSpec:
                 f"privacy.target_epsilon must be a positive finite number, got "
                 f"{self.target_epsilon}; for training without privacy use privacy=none"
             )
-        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0):
+        if self.noise_multiplier is not None and not (
+            isinstance(self.noise_multiplier, (int, float)) and self.noise_multiplier >= 0
+        ):
             raise PrivacyConfigError(
                 f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}"
             )
@@ -76,7 +78,9 @@ class FixedClipping:
     engines = ("hooks",)
 
     def __post_init__(self) -> None:
-        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+        if not isinstance(self.max_grad_norm, (int, float)) or not (
+            self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)
+        ):
             raise PrivacyConfigError(
                 f"clipping.max_grad_norm must be a positive number, got {self.max_grad_norm}"
             )

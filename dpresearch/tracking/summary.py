@@ -25,7 +25,7 @@ def _clean(value):
     return value
 
 
-def write_summary(path: Path, summary: dict) -> None:
+def write_summary(path: Path, summary: dict) -> dict:
     """Atomically write ``summary`` (every key of SUMMARY_KEYS present, null if unknown)."""
     record = {k: None for k in SUMMARY_KEYS}
     record.update(summary)
@@ -34,3 +34,4 @@ def write_summary(path: Path, summary: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+    return record

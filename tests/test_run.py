@@ -1,0 +1,131 @@
+"""End to end: real configs through dpresearch.train.run and through `python run.py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpresearch.privacy import PrivacyConfigError
+from dpresearch.tracking.summary import SUMMARY_KEYS
+from dpresearch.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+
+
+def test_default_run_writes_complete_summary(compose_cfg, tmp_path) -> None:
+    cfg = compose_cfg(FAST + ["trainer.max_epochs=2"])
+    summary = run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(saved)
+    assert saved["status"] == "completed" and saved["private"] is True
+    assert saved["experiment"] == "digits_dp" and saved["sampler"] == "poisson"
+    assert saved["accounting_matches_sampler"] is True
+    assert 0 < saved["epsilon"] <= 3.0 and saved["delta"] == 1e-5
+    assert saved["steps"] == 2 * saved["steps_per_epoch"]
+    assert saved["test_accuracy"] is not None and saved["train_examples_per_s"] > 0
+    assert summary["epsilon"] == saved["epsilon"]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    eps_per_epoch = [m["epsilon"] for m in metrics if m["stage"] == "train"]
+    assert len(eps_per_epoch) == 2 and eps_per_epoch[0] < eps_per_epoch[1] <= 3.0
+
+
+def test_nonprivate_baseline_runs_same_steps(compose_cfg, tmp_path) -> None:
+    cfg = compose_cfg(FAST + ["+experiment=digits_nonprivate", "trainer.max_epochs=6"])
+    saved = run(cfg, tmp_path)
+    assert saved["private"] is False and saved["epsilon"] is None
+    assert saved["noise_multiplier"] is None and saved["accounting_matches_sampler"] is None
+    assert saved["steps"] == 6 * saved["steps_per_epoch"]
+    assert saved["test_accuracy"] > 0.5  # a few epochs without noise already learn
+
+
+def test_shuffle_sampler_is_flagged(compose_cfg, tmp_path) -> None:
+    cfg = compose_cfg(FAST + ["sampler=shuffle", "sampler.expected_batch_size=256",
+                              "trainer.max_epochs=1"])  # fmt: skip
+    saved = run(cfg, tmp_path)
+    assert saved["accounting_matches_sampler"] is False
+
+
+def test_enormous_noise_keeps_model_near_chance(compose_cfg, tmp_path) -> None:
+    """A private wrapper that never trains the real model would still learn here."""
+    noisy = run(compose_cfg(FAST + ["privacy.target_epsilon=null", "privacy.noise_multiplier=1e4",
+                                    "trainer.max_epochs=10"]), tmp_path / "noisy")  # fmt: skip
+    clean = run(compose_cfg(FAST + ["privacy.target_epsilon=null", "privacy.noise_multiplier=0",
+                                    "trainer.max_epochs=10"]), tmp_path / "clean")  # fmt: skip
+    assert noisy["test_accuracy"] < 0.3
+    assert clean["test_accuracy"] > 0.7
+
+
+def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
+    from tests.conftest import dp_strategy, fit_batches
+    from tests.test_clipping import mixed_model
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 6, 6) * 10, torch.randint(0, 5, (16,))
+    model = mixed_model()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    lr, clip = 0.5, 1e-3
+    fit_batches(model, x, y, [list(range(16))], dp_strategy(0.0, clip, 16), lr=lr)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    moved = (after - before).norm().item()
+    assert 0 < moved <= lr * clip * (1 + 1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["privacy.target_epsilon=1e-7"], "no noise multiplier"),
+        (["privacy.delta=0.01"], "1/N"),
+        (["model.norm=batch"], "model.norm=group"),
+        (["privacy.noise_multiplier=1.0"], "exactly one of"),
+        (["sampler.expected_batch_size=5000"], "expected_batch_size"),
+        (["privacy.noise_multiplier=-1", "privacy.target_epsilon=null"], "noise_multiplier"),
+        (["clipping.max_grad_norm=nan"], "max_grad_norm"),
+        (["clipping.max_grad_norm=0"], "max_grad_norm"),
+        (["privacy.accountant=moments"], "accountant"),
+    ],
+)
+def test_bad_input_is_refused_before_training(compose_cfg, tmp_path, overrides, match) -> None:
+    cfg = compose_cfg(FAST + overrides)
+    with pytest.raises((PrivacyConfigError, ValueError), match=match):
+        run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "failed" and match.split()[0] in saved["error"]
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained
+
+
+def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_multirun_writes_one_summary_per_run(tmp_path) -> None:
+    out = _run_py("-m", "privacy.target_epsilon=1,8", "trainer.max_epochs=1", *FAST,
+                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(summaries) == 2
+    eps = [json.loads(p.read_text())["epsilon"] for p in summaries]
+    assert eps[0] <= 1.0 < eps[1] <= 8.0
+
+
+def test_run_py_prints_final_table_and_wandb_goes_offline(tmp_path) -> None:
+    env_out = _run_py("+experiment=mnist1d_dp", "trainer.max_epochs=1", "logger=wandb",
+                      "logger.mode=offline", "print_config=false",
+                      f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
+    assert env_out.returncode == 0, env_out.stderr[-3000:]
+    for label in ("test accuracy", "epsilon", "delta", "noise multiplier", "sample rate",
+                  "steps", "examples/s"):  # fmt: skip
+        assert label in env_out.stdout
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["dataset"] == "mnist1d" and saved["model"] == "conv1d"

@@ -1,0 +1,139 @@
+"""The in-memory classification DataModule every dataset family builds on.
+
+Datasets here fit in memory as tensors, so a batch is one fancy-index (``__getitems__``), not
+thousands of ``__getitem__`` calls: a 4,096-example Poisson batch costs microseconds to gather.
+Splits are fixed by ``split_seed``; the test split is touched only by ``trainer.test``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from dpresearch.data.samplers import Sampling
+
+
+class DataError(RuntimeError):
+    """Data that cannot be had as configured (the message names the folder and the flag)."""
+
+
+class TensorSet(Dataset):
+    """Examples as tensors; ``transform`` turns a stored batch (e.g. uint8) into model input."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        x = self.x[index]
+        return (self.transform(x) if self.transform else x), self.y[index]
+
+
+def _identity_collate(batch):
+    return batch
+
+
+def normalizer(mean: list[float], std: list[float], scale: float = 255.0) -> Callable:
+    """Stored images (N, C, H, W), e.g. uint8 -> float, normalized per channel."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / scale - m) / s
+
+    return transform
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Train/val/test splits of an in-memory dataset, with the configured batch sampler."""
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+    name: str = "dataset"
+
+    def __init__(
+        self,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        eval_batch_size: int = 512,
+        augment: bool = False,
+    ):
+        super().__init__()
+        if not (0.0 < val_fraction < 1.0):
+            raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
+        self.sampler: Sampling | None = None
+        self.sampler_seed = 0
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.eval_batch_size = eval_batch_size
+        self.augment = augment
+        self.train_set: TensorSet | None = None
+        self.train_batch_sampler = None
+
+    def attach_sampler(self, sampler: Sampling, seed: int) -> None:
+        """How training batches are drawn (the ``sampler`` group), seeded by the run."""
+        self.sampler, self.sampler_seed = sampler, seed
+
+    # Subclasses provide the raw arrays and how to turn a stored batch into model input.
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_train_and_val, y_train_and_val, x_test, y_test) as stored (any dtype)."""
+        raise NotImplementedError
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+    def augmentation(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-time augmentation of a batch on its device; identity unless overridden."""
+        return x
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x, y, x_test, y_test = self.load()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = max(1, int(round(self.val_fraction * len(x))))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        self.train_set = TensorSet(x[train_idx], y[train_idx], self.transform)
+        self.val_set = TensorSet(x[val_idx], y[val_idx], self.transform)
+        self.test_set = TensorSet(x_test, y_test, self.transform)
+        if self.sampler is None:
+            raise RuntimeError("attach_sampler(...) before setup(): no training sampler")
+        self.train_batch_sampler = self.sampler.build(len(self.train_set), self.sampler_seed)
+
+    @property
+    def num_train(self) -> int:
+        if self.train_set is None:
+            self.setup("fit")
+        return len(self.train_set)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_sampler=self.train_batch_sampler, collate_fn=_identity_collate
+        )
+
+    def _eval_loader(self, dataset: TensorSet) -> DataLoader:
+        batches = BatchSampler(SequentialSampler(dataset), self.eval_batch_size, drop_last=False)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=_identity_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.augment and self.trainer is not None and self.trainer.training:
+            x, y = batch
+            return self.augmentation(x), y
+        return batch

@@ -24,15 +24,20 @@ def mixed_model() -> nn.Module:
     )
 
 
-def brute_force_update(model, x, y, clip: float, expected: int, lr: float) -> list[torch.Tensor]:
-    """-lr * (sum_i clip_C(g_i)) / expected, one example at a time."""
+def brute_force_update(
+    model, x, y, clip: float, expected: int, lr: float, gamma: float | None = None
+) -> list[torch.Tensor]:
+    """-lr * (sum_i clip_C(g_i)) / expected, one example at a time; AUTO-S when gamma is set."""
     total = [torch.zeros_like(p) for p in model.parameters()]
     for i in range(len(x)):
         model.zero_grad()
         F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         grads = [p.grad.detach().clone() for p in model.parameters()]
         norm = torch.sqrt(sum((g**2).sum() for g in grads))
-        factor = min(1.0, clip / (norm.item() + 1e-6))
+        if gamma is None:
+            factor = min(1.0, clip / (norm.item() + 1e-6))
+        else:
+            factor = clip / (norm.item() + gamma)
         for t, g in zip(total, grads):
             t += factor * g
     return [-lr * t / expected for t in total]
@@ -126,3 +131,21 @@ def test_shipped_architectures_clip_per_example_exactly(factory) -> None:
     want = brute_force_update(reference, x, y, 0.5, 10, lr=1.0)
     for p, b, w in zip(model.parameters(), before, want):
         torch.testing.assert_close(p.detach() - b, w, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_physical", [64, 5])
+def test_automatic_clipping_equals_brute_force(max_physical: int) -> None:
+    from dpresearch.privacy.spec import AutomaticClipping
+
+    torch.manual_seed(4)
+    x, y = torch.randn(12, 1, 6, 6), torch.randint(0, 5, (12,))
+    model, reference = mixed_model(), mixed_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    strategy = dp_strategy(0.0, 2.0, 12, max_physical)
+    strategy.factors = AutomaticClipping(max_grad_norm=2.0, gamma=0.01).factors
+    fit_batches(model, x, y, [list(range(12))], strategy)
+    want = brute_force_update(reference, x, y, 2.0, 12, lr=1.0, gamma=0.01)
+    for p, b, w in zip(model.parameters(), before, want):
+        torch.testing.assert_close(p.detach() - b, w, atol=1e-6, rtol=1e-4)
+    fixed = brute_force_update(mixed_model(), x, y, 2.0, 12, lr=1.0)
+    assert not torch.allclose(want[-1], fixed[-1])  # the two functions really differ

@@ -79,8 +79,7 @@ class Sampling:
             )
         if self.max_physical_batch_size < 1:
             raise ValueError(
-                "sampler.max_physical_batch_size must be >= 1, "
-                f"got {self.max_physical_batch_size}"
+                f"sampler.max_physical_batch_size must be >= 1, got {self.max_physical_batch_size}"
             )
 
     def check(self, num_samples: int) -> None:

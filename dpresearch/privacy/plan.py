@@ -108,4 +108,5 @@ def build_strategy(
         max_physical_batch_size=sampling.max_physical_batch_size,
         noise_seed=noise_seed,
         device=device,
+        factors=clipping.factors,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from dpresearch.privacy.accounting import ACCOUNTANTS
 
 
@@ -77,6 +79,10 @@ class FixedClipping:
     name = "fixed"
     engines = ("hooks",)
 
+    def factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """Per-example scale factors from per-example gradient norms."""
+        return (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
     def __post_init__(self) -> None:
         if not isinstance(self.max_grad_norm, (int, float)) or not (
             self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)
@@ -89,3 +95,24 @@ class FixedClipping:
                 f"clipping.engine={self.engine!r} is not available; choose one of "
                 f"{list(self.engines)}"
             )
+
+
+@dataclass
+class AutomaticClipping(FixedClipping):
+    """Automatic clipping, AUTO-S (Bu et al. 2023): g_i * C / (||g_i|| + gamma).
+
+    Every example's contribution has norm below C, so the noise is still sigma*C; C only
+    rescales the update (absorbed by the learning rate), so it need not be tuned.
+    """
+
+    gamma: float = 0.01
+
+    name = "automatic"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.gamma, (int, float)) and self.gamma > 0):
+            raise PrivacyConfigError(f"clipping.gamma must be > 0, got {self.gamma}")
+
+    def factors(self, norms: torch.Tensor) -> torch.Tensor:
+        return self.max_grad_norm / (norms + self.gamma)

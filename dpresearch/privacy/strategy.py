@@ -14,6 +14,7 @@ so memory is bounded whatever the sampling rate, and accumulates before the sing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,6 +25,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
 from dpresearch.privacy.engines import hooks
+from dpresearch.privacy.optimizer import ClippingDPOptimizer
+from dpresearch.privacy.spec import FixedClipping
 
 
 def batch_size(batch: Any) -> int:
@@ -110,8 +113,10 @@ class DPStrategy(PhysicalBatchStrategy):
         max_physical_batch_size: int,
         noise_seed: int,
         device: str | torch.device = "cpu",
+        factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__(max_physical_batch_size, device)
+        self.factors = factors or FixedClipping(max_grad_norm).factors
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
@@ -131,8 +136,9 @@ class DPStrategy(PhysicalBatchStrategy):
             raise ValueError(f"DP training needs exactly one optimizer, got {len(self.optimizers)}")
         self._grad_sample_module = hooks.attach(self.lightning_module)
         generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
-        dp_optimizer = DPOptimizer(
+        dp_optimizer = ClippingDPOptimizer(
             self.optimizers[0],
+            factors=self.factors,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.expected_batch_size,

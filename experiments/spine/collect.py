@@ -1,6 +1,6 @@
 """Collect the spine runs' summary.json files into results.csv and a figure.
 
-    python experiments/spine/collect.py RUN_DIR...   (see experiments/spine/README.md)
+python experiments/spine/collect.py RUN_DIR...   (see experiments/spine/README.md)
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dpresearch.data.padding import PAD_LABEL
+
 
 class ClassificationModule(pl.LightningModule):
     def __init__(
@@ -26,13 +28,17 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        n = len(y)
+        # Per-example losses: DP engines clip each example's own gradient. Padding examples
+        # (label PAD_LABEL) get loss exactly 0 and are left out of every mean and count.
+        losses = F.cross_entropy(logits, y, reduction="none", ignore_index=PAD_LABEL)
+        real = y != PAD_LABEL
+        n = int(real.sum())
+        loss = losses.sum() / max(n, 1)
         if n:
-            acc = (logits.argmax(-1) == y).float().mean()
+            acc = (logits.argmax(-1) == y)[real].float().mean()
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
             self.log(
                 f"{stage}_acc",
@@ -42,9 +48,9 @@ class ClassificationModule(pl.LightningModule):
                 batch_size=n,
                 prog_bar=stage != "train",
             )
-        return loss
+        return {"loss": loss, "example_losses": losses}
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:

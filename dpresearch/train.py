@@ -91,6 +91,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         )
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed)
+        summary["engine"] = plan.engine
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
         callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]

@@ -63,9 +63,17 @@ def fit_batches(
 
 
 def dp_strategy(
-    noise: float, clip: float, expected_batch_size: int, max_physical: int = 256, seed: int = 0
+    noise: float,
+    clip: float,
+    expected_batch_size: int,
+    max_physical: int = 256,
+    seed: int = 0,
+    engine: str = "hooks",
+    factors=None,
 ) -> DPStrategy:
     return DPStrategy(
+        engine=engine,
+        factors=factors,
         noise_multiplier=noise,
         max_grad_norm=clip,
         expected_batch_size=expected_batch_size,

@@ -10,10 +10,9 @@ from torch import nn
 
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
-from dpresearch.privacy.engines import hooks
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatchStrategy
-from dpresearch.privacy.validation import check_model
+from dpresearch.privacy.validation import resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,7 @@ class PrivacyPlan:
     accountant: str | None = None
     target_epsilon: float | None = None
     planned_epsilon: float | None = None
+    engine: str | None = None  # the DP engine that ran (clipping.engine=auto resolved)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +96,7 @@ def build_strategy(
 ) -> PhysicalBatchStrategy:
     if not plan.private:
         return PhysicalBatchStrategy(sampling.max_physical_batch_size, device)
-    check_model(model, hooks.supported_types(), clipping.engine)
+    plan.engine = resolve_engine(model, clipping.engine)
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
     return DPStrategy(
         noise_multiplier=plan.noise_multiplier,
@@ -109,4 +109,5 @@ def build_strategy(
         noise_seed=noise_seed,
         device=device,
         factors=clipping.factors,
+        engine=plan.engine,
     )

@@ -10,6 +10,9 @@ import torch
 from dpresearch.privacy.accounting import ACCOUNTANTS
 
 
+ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk")
+
+
 class PrivacyConfigError(ValueError):
     """A privacy configuration that cannot be honoured; the message says what to change."""
 
@@ -74,10 +77,9 @@ class FixedClipping:
     """Flat clipping: each example's gradient is scaled by min(1, C / ||g_i||)."""
 
     max_grad_norm: float = 1.0
-    engine: str = "hooks"
+    engine: str = "auto"  # bk where every trainable layer has a bk rule, else hooks
 
     name = "fixed"
-    engines = ("hooks",)
 
     def factors(self, norms: torch.Tensor) -> torch.Tensor:
         """Per-example scale factors from per-example gradient norms."""
@@ -90,10 +92,10 @@ class FixedClipping:
             raise PrivacyConfigError(
                 f"clipping.max_grad_norm must be a positive number, got {self.max_grad_norm}"
             )
-        if self.engine not in self.engines:
+        if self.engine not in ENGINE_CHOICES:
             raise PrivacyConfigError(
                 f"clipping.engine={self.engine!r} is not available; choose one of "
-                f"{list(self.engines)}"
+                f"{list(ENGINE_CHOICES)}"
             )
 
 

@@ -5,27 +5,31 @@ varies). The strategy splits it into physical batches of at most ``max_physical_
 so memory is bounded whatever the sampling rate, and accumulates before the single step:
 
 - ``PhysicalBatchStrategy`` (non-private): plain gradient accumulation, averaged over the
-  logical batch.
-- ``DPStrategy``: Opacus hooks give per-example gradients; each physical batch is clipped and
-  summed into the DP optimizer's running sum; after the last one, Gaussian noise of std
-  sigma*C is added once and the sum divided by the expected batch size. Each DP step is counted
-  once for the accountant.
+  logical batch's real (non-padding) examples.
+- ``DPStrategy``: a DP engine (hooks, ghost or bk) adds each physical batch's clipped
+  per-example gradients to a running sum; after the last one, Gaussian noise of std sigma*C is
+  added once and the sum divided by the expected batch size. Each DP step is counted once for
+  the accountant.
+
+Both run every physical batch's forward and backward inside ``training_step`` and hand the
+optimizer its gradient in ``backward``, after Lightning's ``zero_grad``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from opacus.optimizers import DPOptimizer
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 
+from dpresearch.data.padding import count_real
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
-from dpresearch.privacy.engines import hooks
-from dpresearch.privacy.optimizer import ClippingDPOptimizer
+from dpresearch.privacy.engines import Engine, make_engine
+from dpresearch.privacy.noise import add_noise
 from dpresearch.privacy.spec import FixedClipping
 
 
@@ -54,13 +58,22 @@ def split_batch(batch: Any, size: int) -> list[Any]:
     return [take(batch, s) for s in starts]
 
 
+def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
+    """Sum of the physical batch's per-example losses (a mean loss times the batch size when
+    the module returns no per-example losses)."""
+    if isinstance(output, dict) and "example_losses" in output:
+        return output["example_losses"].sum()
+    loss = output["loss"] if isinstance(output, dict) else output
+    return loss * batch_size(chunk)
+
+
 class PhysicalBatchStrategy(SingleDeviceStrategy):
     """Single-device training where a logical batch may span several physical batches."""
 
     def __init__(self, max_physical_batch_size: int, device: str | torch.device = "cpu"):
         super().__init__(device=torch.device(device))
         self.max_physical_batch_size = max_physical_batch_size
-        self._stash: list[torch.Tensor | None] | None = None
+        self._grads: list[torch.Tensor] | None = None
 
     def setup(self, trainer: pl.Trainer) -> None:
         if trainer.accumulate_grad_batches != 1:
@@ -73,33 +86,36 @@ class PhysicalBatchStrategy(SingleDeviceStrategy):
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lightning_module.parameters() if p.requires_grad]
 
-    def training_step(self, *args: Any, **kwargs: Any):
+    def _physical_steps(self, args: tuple, kwargs: dict) -> list[tuple[Any, Callable]]:
         batch, rest = args[0], args[1:]
-        chunks = split_batch(batch, self.max_physical_batch_size)
-        n = batch_size(batch)
-        for opt in self.optimizers:
-            opt.zero_grad()
-        for chunk in chunks[:-1]:
-            loss = super().training_step(chunk, *rest, **kwargs)
-            (loss * (batch_size(chunk) / n)).backward()
-        if len(chunks) > 1:
-            # Lightning zeroes grads between this step and its backward: keep ours aside.
-            self._stash = [p.grad.clone() if p.grad is not None else None for p in self._params()]
-        loss = super().training_step(chunks[-1], *rest, **kwargs)
-        return loss * (batch_size(chunks[-1]) / max(n, 1))
+        return [
+            (chunk, partial(SingleDeviceStrategy.training_step, self, chunk, *rest, **kwargs))
+            for chunk in split_batch(batch, self.max_physical_batch_size)
+        ]
+
+    def training_step(self, *args: Any, **kwargs: Any):
+        params = self._params()
+        for p in params:
+            p.grad = None
+        output = None
+        for chunk, step in self._physical_steps(args, kwargs):
+            output = step()
+            if batch_size(chunk):
+                summed_loss(output, chunk).backward()
+        n = max(count_real(args[0]), 1)
+        self._grads = [p.grad / n if p.grad is not None else None for p in params]
+        return output
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = super().backward(closure_loss, *args, **kwargs)
-        if self._stash is not None:
-            for p, g in zip(self._params(), self._stash):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
-            self._stash = None
-        return out
+        """The gradient was computed in ``training_step``; hand it over (after zero_grad)."""
+        for p, g in zip(self._params(), self._grads or []):
+            p.grad = g
+        self._grads = None
+        return closure_loss
 
 
 class DPStrategy(PhysicalBatchStrategy):
-    """DP-SGD with Opacus per-example gradients, noise once per logical step, and accounting."""
+    """DP-SGD: clipped sums from a DP engine, noise once per logical step, accounting."""
 
     def __init__(
         self,
@@ -114,9 +130,11 @@ class DPStrategy(PhysicalBatchStrategy):
         noise_seed: int,
         device: str | torch.device = "cpu",
         factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        engine: str = "hooks",
     ):
         super().__init__(max_physical_batch_size, device)
         self.factors = factors or FixedClipping(max_grad_norm).factors
+        self.engine_name = engine
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
@@ -125,7 +143,9 @@ class DPStrategy(PhysicalBatchStrategy):
         self.accountant = accountant
         self.noise_seed = noise_seed
         self.dp_steps = 0
-        self._grad_sample_module = None
+        self.engine: Engine | None = None
+        self._generator: torch.Generator | None = None
+        self._pending = False
         self._epsilon_cache: tuple[int, EpsilonResult] | None = None
 
     def setup(self, trainer: pl.Trainer) -> None:
@@ -134,40 +154,27 @@ class DPStrategy(PhysicalBatchStrategy):
             return  # evaluation needs no per-example gradients
         if len(self.optimizers) != 1:
             raise ValueError(f"DP training needs exactly one optimizer, got {len(self.optimizers)}")
-        self._grad_sample_module = hooks.attach(self.lightning_module)
-        generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
-        dp_optimizer = ClippingDPOptimizer(
-            self.optimizers[0],
-            factors=self.factors,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=self.expected_batch_size,
-            loss_reduction="mean",
-            generator=generator,
-        )
-        dp_optimizer.attach_step_hook(self._count_step)
-        # Schedulers keep working: they hold the inner optimizer, whose param_groups DPOptimizer
-        # shares.
-        self.optimizers = [dp_optimizer]
-
-    def _count_step(self, optimizer: DPOptimizer) -> None:
-        self.dp_steps += 1
+        self.engine = make_engine(self.engine_name, self.lightning_module, self.factors)
+        self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
 
     def training_step(self, *args: Any, **kwargs: Any):
-        batch, rest = args[0], args[1:]
-        opt: DPOptimizer = self.optimizers[0]
-        chunks = split_batch(batch, self.max_physical_batch_size)
-        opt.zero_grad()
-        for chunk in chunks[:-1]:
-            loss = SingleDeviceStrategy.training_step(self, chunk, *rest, **kwargs)
-            loss.backward()
-            opt.signal_skip_step(do_skip=True)
-            opt.pre_step()  # clips this physical batch into the running sum; no step
-            opt.zero_grad()  # drops per-example gradients, keeps the running sum
-        return SingleDeviceStrategy.training_step(self, chunks[-1], *rest, **kwargs)
+        output = None
+        for chunk, step in self._physical_steps(args, kwargs):
+            output = self.engine.run(step) if batch_size(chunk) else step()
+        self._pending = True
+        return output
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return SingleDeviceStrategy.backward(self, closure_loss, *args, **kwargs)
+        """Noise the clipped sum once and give it to the optimizer as its gradient."""
+        if not self._pending:
+            raise RuntimeError("DPStrategy.backward without a DP training_step before it")
+        sums = self.engine.take_sums()
+        std = self.noise_multiplier * self.max_grad_norm
+        for p, s in zip(self.engine.params, sums):
+            p.grad = add_noise(s, std, self._generator) / self.expected_batch_size
+        self._pending = False
+        self.dp_steps += 1
+        return closure_loss
 
     def epsilon(self) -> EpsilonResult:
         """Epsilon spent so far (cached per step count)."""
@@ -179,7 +186,7 @@ class DPStrategy(PhysicalBatchStrategy):
         return self._epsilon_cache[1]
 
     def teardown(self) -> None:
-        if self._grad_sample_module is not None:
-            self._grad_sample_module.remove_hooks()  # leave the user's module as we found it
-            self._grad_sample_module = None
+        if self.engine is not None:
+            self.engine.close()  # leave the user's module as we found it
+            self.engine = None
         super().teardown()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from dpresearch.data.padding import count_real
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated on a GPU; peak resident set size of the process on a CPU."""
@@ -41,7 +43,7 @@ class Throughput(pl.Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - self._t0
-        n = len(batch[1])
+        n = count_real(batch)  # padding examples do not count
         self._epoch_seconds += dt
         self._epoch_examples += n
         self.seconds += dt

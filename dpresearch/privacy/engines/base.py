@@ -1,0 +1,68 @@
+"""What every DP engine does: run one physical batch and add its clipped gradient sum.
+
+An engine owns how per-example gradient norms and the clipped sum are computed (materialized
+per-example gradients, two backward passes, or book-keeping); the strategy owns everything
+around it (physical batches, noise once per logical step, accounting). The clipping function
+(fixed, automatic, ...) is a parameter: ``factors(norms) -> per-example multipliers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dpresearch.privacy.spec import PrivacyConfigError
+
+Factors = Callable[[torch.Tensor], torch.Tensor]
+
+
+def example_losses(output: Any) -> torch.Tensor:
+    """The per-example losses a DP-trained LightningModule returns from ``training_step``."""
+    if isinstance(output, dict) and isinstance(output.get("example_losses"), torch.Tensor):
+        return output["example_losses"]
+    raise PrivacyConfigError(
+        "DP training needs each example's own loss: return {'loss': mean_loss, "
+        "'example_losses': losses_with_reduction_none} from training_step "
+        "(padding examples must have loss exactly 0)"
+    )
+
+
+class Engine:
+    """Accumulates sum_i factor_i * g_i over the physical batches of one logical batch."""
+
+    name = "base"
+
+    def __init__(self, module: nn.Module, factors: Factors):
+        self.module = module
+        self.factors = factors
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self._sums: list[torch.Tensor] | None = None
+        self.last_norms: torch.Tensor | None = None  # per-example norms, last physical batch
+
+    def run(self, forward: Callable[[], Any]) -> Any:
+        """Forward one physical batch (``forward`` returns training_step's output), then add its
+        clipped per-example gradients to the running sum. Returns the forward's output."""
+        raise NotImplementedError
+
+    def _clip_factors(self, norms: torch.Tensor) -> torch.Tensor:
+        self.last_norms = norms.detach()
+        return self.factors(self.last_norms)
+
+    def _add(self, grads: list[torch.Tensor]) -> None:
+        if self._sums is None:
+            self._sums = [g.detach().clone() for g in grads]
+        else:
+            for s, g in zip(self._sums, grads):
+                s.add_(g)
+
+    def take_sums(self) -> list[torch.Tensor]:
+        """The clipped sum for each trainable parameter (zeros if no example was seen)."""
+        sums = self._sums or [torch.zeros_like(p) for p in self.params]
+        self._sums = None
+        return [s.view_as(p) for s, p in zip(sums, self.params)]
+
+    def close(self) -> None:
+        """Remove every hook; the module is left as it was found."""

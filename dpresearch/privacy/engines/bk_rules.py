@@ -1,0 +1,182 @@
+"""Per-layer rules of the book-keeping engine: from a layer's input activations A and output
+gradients B, each trainable parameter's per-example squared gradient norms and a function
+that returns the factor-weighted sum of its per-example gradients.
+
+For weight matrices (Linear, Conv as im2col) the per-example gradient is G_i = B_i^T A_i with
+T positions per example. Its norm comes from whichever is cheaper (the "mixed" rule of Bu et
+al.): the ghost-norm identity ||G_i||^2 = <A_i A_i^T, B_i B_i^T>, costing ~T^2 per entry pair,
+or the materialized G_i (d_in x d_out per example); ghost when 2 T^2 < d_in * d_out. The clipped
+sum is then one matrix product, (c * B)^T A, or sum_i c_i G_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dpresearch.models.layers import ClassToken, PositionEmbedding
+
+
+@dataclass
+class PerExample:
+    """One parameter's per-example gradients, kept in whichever form is cheaper."""
+
+    param: nn.Parameter
+    sq_norms: torch.Tensor  # (N,)
+    weighted_sum: Callable[[torch.Tensor], torch.Tensor]  # c (N,) -> sum_i c_i g_i
+    mode: str  # "ghost" or "materialized"
+
+
+def _materialized(param: nn.Parameter, grads: torch.Tensor) -> PerExample:
+    """Small per-example gradients (N, ...) kept as they are."""
+    return PerExample(
+        param,
+        grads.reshape(len(grads), -1).pow(2).sum(1),
+        lambda c: torch.einsum("n,n...->...", c.to(grads.dtype), grads).view_as(param),
+        "materialized",
+    )
+
+
+def _matrix(param: nn.Parameter, a: torch.Tensor, b: torch.Tensor) -> PerExample:
+    """Weight of shape (O, I) (viewed) from A (N, T, I) and B (N, T, O)."""
+    n, t, i = a.shape
+    o = b.shape[-1]
+    if t == 1:
+        a1, b1 = a[:, 0], b[:, 0]
+        sq = a1.pow(2).sum(1) * b1.pow(2).sum(1)
+        return PerExample(
+            param, sq, lambda c: ((b1 * c[:, None].to(b1.dtype)).T @ a1).view_as(param), "ghost"
+        )
+    if 2 * t * t < i * o:
+        sq = ((a @ a.mT) * (b @ b.mT)).sum((1, 2))
+
+        def weighted(c: torch.Tensor) -> torch.Tensor:
+            cb = (b * c[:, None, None].to(b.dtype)).reshape(-1, o)
+            return (cb.T @ a.reshape(-1, i)).view_as(param)
+
+        return PerExample(param, sq, weighted, "ghost")
+    return _materialized(param, b.mT @ a)
+
+
+def _bias(param: nn.Parameter, b: torch.Tensor) -> PerExample:
+    """Bias gradient per example: B summed over positions; b is (N, T, O)."""
+    return _materialized(param, b.sum(1))
+
+
+def _wants(param: nn.Parameter | None, trainable: set[int]) -> bool:
+    return param is not None and id(param) in trainable
+
+
+def linear(m: nn.Linear, a, b, trainable: set[int]) -> list[PerExample]:
+    b3 = b.reshape(len(b), -1, b.shape[-1])
+    out = []
+    if _wants(m.weight, trainable):
+        out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3))
+    if _wants(m.bias, trainable):
+        out.append(_bias(m.bias, b3))
+    return out
+
+
+def _conv_as_2d(m: nn.Conv1d | nn.Conv2d):
+    """(kernel, dilation, padding, stride) as 2-D tuples; Conv1d is a 1 x k Conv2d."""
+    if isinstance(m, nn.Conv1d):
+        return (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
+    return m.kernel_size, m.dilation, m.padding, m.stride
+
+
+def conv(m: nn.Conv1d | nn.Conv2d, a, b, trainable: set[int]) -> list[PerExample]:
+    n = len(b)
+    b3 = b.reshape(n, b.shape[1], -1).mT  # (N, L, O)
+    out = []
+    if _wants(m.weight, trainable):
+        x = a.unsqueeze(2) if isinstance(m, nn.Conv1d) else a
+        kernel, dilation, padding, stride = _conv_as_2d(m)
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        out.append(_matrix(m.weight, cols.mT, b3))  # im2col: (N, L, C*k*k)
+    if _wants(m.bias, trainable):
+        out.append(_bias(m.bias, b3))
+    return out
+
+
+def embedding(m: nn.Embedding, ids, b, trainable: set[int]) -> list[PerExample]:
+    if not _wants(m.weight, trainable):
+        return []
+    n, d = len(b), b.shape[-1]
+    ids = ids.reshape(n, -1)
+    b = b.reshape(n, -1, d)
+    if m.padding_idx is not None:  # the padding row never receives a gradient
+        b = b * (ids != m.padding_idx).unsqueeze(-1).to(b.dtype)
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
+    sq = (same * (b @ b.mT)).sum((1, 2))  # rows of equal tokens add up before the norm
+
+    def weighted(c: torch.Tensor) -> torch.Tensor:
+        rows = (b * c[:, None, None].to(b.dtype)).reshape(-1, d)
+        return torch.zeros_like(m.weight).index_add_(0, ids.reshape(-1), rows)
+
+    return [PerExample(m.weight, sq, weighted, "ghost")]
+
+
+def _affine(m: nn.Module, normalized: torch.Tensor | None, b, channel_view, trainable):
+    out = []
+    if _wants(m.weight, trainable):
+        out.append(_materialized(m.weight, channel_view(normalized * b)))
+    if _wants(getattr(m, "bias", None), trainable):
+        out.append(_materialized(m.bias, channel_view(b)))
+    return out
+
+
+def layer_norm(m: nn.LayerNorm, a, b, trainable: set[int]) -> list[PerExample]:
+    shape = m.normalized_shape
+    normalized = F.layer_norm(a, shape, eps=m.eps) if _wants(m.weight, trainable) else None
+    return _affine(m, normalized, b, lambda t: t.reshape(len(t), -1, *shape).sum(1), trainable)
+
+
+def group_norm(m: nn.GroupNorm, a, b, trainable: set[int]) -> list[PerExample]:
+    normalized = (
+        F.group_norm(a, m.num_groups, eps=m.eps) if _wants(m.weight, trainable) else None
+    )
+    return _affine(
+        m, normalized, b, lambda t: t.reshape(len(t), m.num_channels, -1).sum(-1), trainable
+    )
+
+
+def position_embedding(m: PositionEmbedding, a, b, trainable: set[int]) -> list[PerExample]:
+    return [_materialized(m.weight, b)] if _wants(m.weight, trainable) else []
+
+
+def class_token(m: ClassToken, a, b, trainable: set[int]) -> list[PerExample]:
+    return [_materialized(m.weight, b[:, :1])] if _wants(m.weight, trainable) else []
+
+
+RULES: dict[type, Callable[..., list[PerExample]]] = {
+    nn.Linear: linear,
+    nn.Conv1d: conv,
+    nn.Conv2d: conv,
+    nn.Embedding: embedding,
+    nn.LayerNorm: layer_norm,
+    nn.GroupNorm: group_norm,
+    PositionEmbedding: position_embedding,
+    ClassToken: class_token,
+}
+
+# Layers whose rule reads only the output gradient, never the input.
+OUTPUT_ONLY = (PositionEmbedding, ClassToken)
+
+
+def unsupported_reason(m: nn.Module) -> str | None:
+    """Why the bk engine cannot handle ``m``; None if it can."""
+    if type(m) not in RULES:
+        return "the bk engine has no rule for this layer type"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if m.groups != 1:
+            return f"bk handles convolutions with groups=1 only (groups={m.groups})"
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return "bk handles numeric zero padding only (padding_mode='zeros', int padding)"
+    if isinstance(m, nn.Embedding) and (m.max_norm is not None or m.sparse or
+                                        m.scale_grad_by_freq):  # fmt: skip
+        return "bk handles plain embeddings only (no max_norm, sparse or scale_grad_by_freq)"
+    return None

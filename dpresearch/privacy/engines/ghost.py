@@ -1,0 +1,50 @@
+"""The ``ghost`` engine: Opacus fast gradient clipping (Li et al. 2022; Bu et al.).
+
+The first backward pass gives per-example gradient norms without per-example gradients
+(the ghost-norm identity for Linear and Embedding, per-layer materialization elsewhere); the
+second backward pass, of sum_i factor_i * loss_i, gives the clipped sum. Opacus' own optimizer
+for this mode cannot accumulate over physical batches; here the engine adds each physical
+batch's clipped sum to a running sum, like every other engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from torch import nn
+
+from dpresearch.privacy.engines.base import Engine, Factors, example_losses
+from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning
+
+
+class GhostEngine(Engine):
+    name = "ghost"
+
+    def __init__(self, module: nn.Module, factors: Factors):
+        super().__init__(module, factors)
+        quiet_full_backward_hook_warning()
+        self.gsm = GradSampleModuleFastGradientClipping(
+            module, batch_first=True, loss_reduction="sum", strict=True, use_ghost_clipping=True
+        )
+
+    def run(self, forward: Callable[[], Any]) -> Any:
+        output = forward()
+        losses = example_losses(output)
+        losses.sum().backward(retain_graph=True)  # pass 1: per-example norms
+        factor = self._clip_factors(self.gsm.get_norm_sample()).to(losses.dtype)
+        for p in self.params:
+            p.grad = None
+        self.gsm.disable_hooks()
+        try:
+            (losses * factor).sum().backward()  # pass 2: the clipped sum
+        finally:
+            self.gsm.enable_hooks()
+        self._add([p.grad for p in self.params])
+        for p in self.params:
+            p.grad = None
+        return output
+
+    def close(self) -> None:
+        self.gsm.remove_hooks()

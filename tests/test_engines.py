@@ -1,0 +1,183 @@
+"""Every clipping function x every DP engine against a brute-force loop over single examples.
+
+The reference: each example's gradient from its own backward pass, multiplied by the clipping
+factor of its norm, summed. Engines are checked directly (three architectures) and through the
+real Lightning strategy with physical batches.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dpresearch.models.cnn import Conv1DNet
+from dpresearch.models.text import TextTransformer
+from dpresearch.models.vit import ViT
+from dpresearch.privacy.engines import make_engine
+from dpresearch.privacy.spec import AutomaticClipping, FixedClipping
+from tests.conftest import dp_strategy, fit_batches
+
+ENGINES = ["hooks", "ghost", "bk"]
+FUNCTIONS = {
+    "fixed": FixedClipping(max_grad_norm=0.5).factors,
+    "automatic": AutomaticClipping(max_grad_norm=0.5, gamma=0.01).factors,
+}
+
+
+def group_norm_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(4, 8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+    )
+
+
+def vit_micro() -> nn.Module:
+    """The benchmark's reference ViT (depth 4, width 192, 3 heads, MLP 4x, patch 4, 32x32)."""
+    return ViT(num_classes=5, in_channels=3, image_size=32, patch_size=4, dim=192, depth=4,
+               heads=3)  # fmt: skip
+
+
+def text_transformer() -> nn.Module:
+    return TextTransformer(num_classes=5, vocab_size=50, max_length=12, dim=16, depth=2, heads=2)
+
+
+def conv1d_net() -> nn.Module:
+    return Conv1DNet(num_classes=5, width=8)
+
+
+def data(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 5, (n,), generator=g)
+    if name == "text":  # repeated tokens (shared embedding rows) and padding (id 0)
+        ids = torch.randint(1, 8, (n, 12), generator=g)
+        ids[:, 9:] = 0
+        return ids, y
+    if name == "conv1d":
+        return torch.randn(n, 1, 40, generator=g), y
+    size = 32 if name == "vit" else 8
+    return torch.randn(n, 3, size, size, generator=g), y
+
+
+MODELS = {
+    "cnn": group_norm_cnn,
+    "vit": vit_micro,
+    "text": text_transformer,
+    "conv1d": conv1d_net,
+}
+
+
+def brute_force_sum(model: nn.Module, x, y, factors) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).float()
+        factor = factors(norm.reshape(1))[0]
+        for t, g in zip(total, grads):
+            t += factor * g
+    return total
+
+
+def engine_sum(model: nn.Module, x, y, engine: str, factors, chunks: int = 1):
+    eng = make_engine(engine, model, factors)
+    try:
+        for xs, ys in zip(x.chunk(chunks), y.chunk(chunks)):
+            eng.run(lambda: {"example_losses": F.cross_entropy(model(xs), ys, reduction="none")})
+        return eng.take_sums(), eng
+    finally:
+        eng.close()
+
+
+def assert_sums_close(got, want) -> None:
+    """1e-5 relative to the largest gradient entry (a conv bias before GroupNorm has gradient
+    ~1e-9, rounding noise, which no relative test per tensor can compare)."""
+    scale = max(w.abs().max() for w in want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g / scale, w / scale, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_clipped_sum_equals_brute_force(model_name: str, function: str, engine: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[model_name]()
+    n = 6 if model_name == "vit" else 10
+    x, y = data(model_name, n)
+    factors = FUNCTIONS[function]
+    want = brute_force_sum(copy.deepcopy(model), x, y, factors)
+    got, eng = engine_sum(model, x, y, engine, factors, chunks=2)
+    assert_sums_close(got, want)
+    assert all(p.grad is None for p in model.parameters())  # no stray non-private gradient
+
+
+def test_clipping_factors_matter() -> None:
+    """Guard against a comparison that cannot fail: clipped and unclipped sums differ."""
+    model, (x, y) = group_norm_cnn(), data("cnn", 8)
+    tight = brute_force_sum(model, x, y, FixedClipping(max_grad_norm=1e-3).factors)
+    loose = brute_force_sum(model, x, y, FixedClipping(max_grad_norm=1e3).factors)
+    assert not torch.allclose(tight[-1], loose[-1])
+
+
+def test_bk_mixed_rule_picks_ghost_or_materialized_per_layer() -> None:
+    """2T^2 < d_in*d_out -> ghost norm; a conv with many positions and few weights -> G_i."""
+    _, eng = engine_sum(vit_micro(), *data("vit", 2), "bk", FUNCTIONS["fixed"])
+    assert eng.layer_modes["blocks.0.mlp.0.weight"] == "ghost"  # T=65: 2T^2=8450 < 192*768
+    _, eng = engine_sum(group_norm_cnn(), *data("cnn", 2), "bk", FUNCTIONS["fixed"])
+    assert eng.layer_modes["0.weight"] == "materialized"  # T=64: 2T^2 > 27*8
+    assert eng.layer_modes["7.weight"] == "ghost"  # 2-D input: ||a|| ||b||
+
+
+@pytest.mark.parametrize("engine,passes", [("bk", 1), ("ghost", 2), ("hooks", 1)])
+def test_backward_passes_per_physical_batch(monkeypatch, engine: str, passes: int) -> None:
+    calls = []
+    original = torch.autograd.backward
+    monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: calls.append(1) or
+                        original(*a, **k))  # fmt: skip
+    engine_sum(vit_micro(), *data("vit", 3), engine, FUNCTIONS["fixed"])
+    assert len(calls) == passes
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("max_physical", [64, 4], ids=["one-physical-batch", "split-into-4s"])
+def test_strategy_step_equals_brute_force_for_every_engine(engine: str, max_physical: int):
+    torch.manual_seed(1)
+    x, y = data("cnn", 11)
+    model = group_norm_cnn()
+    reference = copy.deepcopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    factors = FUNCTIONS["automatic"]
+    strategy = dp_strategy(0.0, 0.5, 9, max_physical, engine=engine, factors=factors)
+    fit_batches(model, x, y, [list(range(11))], strategy)
+    want = brute_force_sum(reference, x, y, factors)
+    for p, b, w in zip(model.parameters(), before, want):
+        torch.testing.assert_close(p.detach() - b, -w / 9, atol=1e-6, rtol=1e-4)
+    assert strategy.dp_steps == 1
+    assert all(not hasattr(m, "_forward_hooks") or not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_noise_std_is_sigma_c_once_per_logical_step(engine: str) -> None:
+    """A zero-gradient model (no bias, zero inputs): every update is pure noise. Over 20 steps
+    of 4 examples in physical batches of 2, the summed update has std sqrt(20) sigma C / E;
+    noise per physical batch, or none, would be off by sqrt(2) or more."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 200, bias=False))
+    x, y = torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long)
+    sigma, clip, expected, steps = 2.0, 0.7, 8, 20
+    before = model[1].weight.detach().clone()
+    strategy = dp_strategy(sigma, clip, expected, max_physical=2, engine=engine)
+    fit_batches(model, x, y, [list(range(4))] * steps, strategy)
+    std = ((model[1].weight.detach() - before) / steps**0.5).std().item()
+    assert strategy.dp_steps == steps
+    assert abs(std - sigma * clip / expected) / (sigma * clip / expected) < 0.05

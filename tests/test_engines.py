@@ -8,6 +8,7 @@ real Lightning strategy with physical batches.
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -88,11 +89,15 @@ def brute_force_sum(model: nn.Module, x, y, factors) -> list[torch.Tensor]:
     return total
 
 
+def losses(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
+    return {"example_losses": F.cross_entropy(model(x), y, reduction="none")}
+
+
 def engine_sum(model: nn.Module, x, y, engine: str, factors, chunks: int = 1):
     eng = make_engine(engine, model, factors)
     try:
         for xs, ys in zip(x.chunk(chunks), y.chunk(chunks)):
-            eng.run(lambda: {"example_losses": F.cross_entropy(model(xs), ys, reduction="none")})
+            eng.run(partial(losses, model, xs, ys))
         return eng.take_sums(), eng
     finally:
         eng.close()

@@ -9,7 +9,6 @@ import torch
 
 from dpresearch.privacy.accounting import ACCOUNTANTS
 
-
 ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk")
 
 

@@ -35,9 +35,7 @@ def unsupported_layers(model: nn.Module, engine: str) -> list[tuple[str, nn.Modu
     """(path, module, reason) for every trainable layer ``engine`` cannot handle."""
     check = _CHECKS[engine]
     return [
-        (path, m, reason)
-        for path, m in trainable_layers(model)
-        if (reason := check(m)) is not None
+        (path, m, reason) for path, m in trainable_layers(model) if (reason := check(m)) is not None
     ]
 
 

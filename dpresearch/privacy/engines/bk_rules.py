@@ -136,9 +136,7 @@ def layer_norm(m: nn.LayerNorm, a, b, trainable: set[int]) -> list[PerExample]:
 
 
 def group_norm(m: nn.GroupNorm, a, b, trainable: set[int]) -> list[PerExample]:
-    normalized = (
-        F.group_norm(a, m.num_groups, eps=m.eps) if _wants(m.weight, trainable) else None
-    )
+    normalized = F.group_norm(a, m.num_groups, eps=m.eps) if _wants(m.weight, trainable) else None
     return _affine(
         m, normalized, b, lambda t: t.reshape(len(t), m.num_channels, -1).sum(-1), trainable
     )

@@ -3,8 +3,8 @@
 The naive baseline: per-example gradients (batch x parameters) exist in memory, and their
 norms and factor-weighted sum are taken directly. Besides Opacus' own layers it learns the free
 parameters of our ViT here: an additive position embedding's per-example gradient is the
-output gradient; a prepended class token's is the output gradient at position 0. It also fixes Opacus'
-Embedding rules for ``padding_idx``.
+output gradient; a prepended class token's is the output gradient at position 0. It also
+fixes Opacus' Embedding rules for ``padding_idx``.
 """
 
 from __future__ import annotations

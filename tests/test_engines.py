@@ -186,3 +186,49 @@ def test_noise_std_is_sigma_c_once_per_logical_step(engine: str) -> None:
     std = ((model[1].weight.detach() - before) / steps**0.5).std().item()
     assert strategy.dp_steps == steps
     assert abs(std - sigma * clip / expected) / (sigma * clip / expected) < 0.05
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_masked_poisson_step_equals_the_unpadded_step(engine: str) -> None:
+    """Padding to static physical batches (and a batch of padding only) changes nothing, even
+    with noise: the same seed draws the same noise once per logical step."""
+    from dpresearch.data.padding import PAD_INDEX
+
+    x, y = data("cnn", 12)
+    real = [[0, 3, 4, 5, 7, 8, 9, 10, 11], [], [1, 2]]
+    padded = [b + [PAD_INDEX] * (8 * max(1, -(-len(b) // 8)) - len(b)) for b in real]
+    assert [len(b) for b in padded] == [16, 8, 8]
+    results = []
+    for batches in (real, padded):
+        torch.manual_seed(0)
+        model = group_norm_cnn()
+        fit_batches(model, x, y, batches, dp_strategy(1.0, 0.5, 6, 8, engine=engine))
+        results.append([p.detach() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class Scale(nn.Module):
+    """A trainable layer no engine knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_unsupported_layer_is_refused_naming_module_type_and_engines() -> None:
+    from dpresearch.privacy.spec import PrivacyConfigError
+    from dpresearch.privacy.validation import resolve_engine
+
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Sequential(nn.Conv2d(4, 8, 3, groups=2)))
+    with pytest.raises(PrivacyConfigError, match=r"1\.0 \(Conv2d\).*'bk'.*groups=2.*hooks, ghost"):
+        resolve_engine(grouped, "bk")
+    assert resolve_engine(grouped, "auto") == "hooks"  # bk cannot, hooks can
+    custom = nn.Sequential(nn.Linear(3, 3), Scale())
+    with pytest.raises(PrivacyConfigError, match=r"layer 1 \(Scale\).*no engine supports it"):
+        resolve_engine(custom, "auto")
+    frozen = nn.Sequential(nn.Linear(3, 3), Scale().requires_grad_(False))
+    assert resolve_engine(frozen, "auto") == "bk"  # frozen layers need no rule

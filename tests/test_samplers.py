@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dpresearch.data.samplers import PoissonSampling, ShuffleSampling
+import torch
+
+from dpresearch.data.base import TensorSet
+from dpresearch.data.padding import PAD_INDEX, PAD_LABEL, count_real
+from dpresearch.data.samplers import MaskedPoissonSampling, PoissonSampling, ShuffleSampling
 
 
 def test_poisson_batch_sizes_have_binomial_mean_and_variance() -> None:
@@ -78,3 +82,22 @@ def test_shuffle_gives_fixed_size_batches_covering_each_example_once() -> None:
 def test_expected_batch_larger_than_dataset_is_refused() -> None:
     with pytest.raises(ValueError, match="expected_batch_size"):
         PoissonSampling(expected_batch_size=500).build(100, seed=0)
+
+
+def test_masked_poisson_pads_the_same_poisson_batches_to_static_physical_batches() -> None:
+    plain = PoissonSampling(expected_batch_size=30, max_physical_batch_size=16).build(300, 9)
+    masked = MaskedPoissonSampling(expected_batch_size=30, max_physical_batch_size=16).build(
+        300, 9
+    )
+    for a, b in zip(plain, masked):
+        assert b[: len(a)] == a  # the real examples are exactly the Poisson draw
+        assert set(b[len(a) :]) <= {PAD_INDEX}
+        assert len(b) % 16 == 0 and len(b) - len(a) < 16 and len(b) >= 16
+
+
+def test_padding_examples_are_zero_with_ignored_labels_and_not_counted() -> None:
+    data = TensorSet(torch.arange(1, 13, dtype=torch.float).view(4, 3), torch.tensor([1, 2, 3, 4]))
+    x, y = data.__getitems__([2, PAD_INDEX, 0, PAD_INDEX])
+    assert y.tolist() == [3, PAD_LABEL, 1, PAD_LABEL]
+    assert x[1].abs().sum() == 0 and x[3].abs().sum() == 0 and x[0].tolist() == [7, 8, 9]
+    assert count_real((x, y)) == 2

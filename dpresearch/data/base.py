@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from dpresearch.data.padding import PAD_INDEX, PAD_LABEL
 from dpresearch.data.samplers import Sampling
 
 
@@ -36,8 +37,14 @@ class TensorSet(Dataset):
 
     def __getitems__(self, idx: list[int]):
         index = torch.as_tensor(idx, dtype=torch.long)
-        x = self.x[index]
-        return (self.transform(x) if self.transform else x), self.y[index]
+        pad = index == PAD_INDEX
+        if not pad.any():
+            x = self.x[index]
+            return (self.transform(x) if self.transform else x), self.y[index]
+        x, y = self.x[index.clamp(min=0)], self.y[index.clamp(min=0)]
+        x[pad] = 0  # padding: zero input, ignored label
+        y[pad] = PAD_LABEL
+        return (self.transform(x) if self.transform else x), y
 
 
 def _identity_collate(batch):

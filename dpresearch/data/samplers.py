@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dpresearch.data.padding import PAD_INDEX
+
 
 class PoissonBatchSampler:
     """Yields ``steps_per_epoch`` logical batches per epoch, each a Poisson sample at rate q."""
@@ -37,6 +39,28 @@ class PoissonBatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class MaskedPoissonBatchSampler(PoissonBatchSampler):
+    """The same Poisson batches, padded with ``PAD_INDEX`` to whole physical batches of one
+    static size (at least one), so every forward pass sees the same shape."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        sample_rate: float,
+        steps_per_epoch: int,
+        seed: int,
+        physical_batch_size: int,
+    ):
+        super().__init__(num_samples, sample_rate, steps_per_epoch, seed)
+        self.physical_batch_size = physical_batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        size = self.physical_batch_size
+        for batch in super().__iter__():
+            padded = max(1, -(-len(batch) // size)) * size
+            yield batch + [PAD_INDEX] * (padded - len(batch))
 
 
 class ShuffleBatchSampler:
@@ -112,6 +136,22 @@ class PoissonSampling(Sampling):
             self.sample_rate(num_samples),
             self.steps_per_epoch(num_samples),
             seed,
+        )
+
+
+@dataclass
+class MaskedPoissonSampling(PoissonSampling):
+    """Poisson sampling padded to static shapes (for torch.compile and steady GPU kernels)."""
+
+    name = "poisson_masked"
+
+    def build(self, num_samples: int, seed: int) -> MaskedPoissonBatchSampler:
+        return MaskedPoissonBatchSampler(
+            num_samples,
+            self.sample_rate(num_samples),
+            self.steps_per_epoch(num_samples),
+            seed,
+            self.max_physical_batch_size,
         )
 
 

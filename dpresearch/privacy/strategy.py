@@ -160,7 +160,11 @@ class DPStrategy(PhysicalBatchStrategy):
     def training_step(self, *args: Any, **kwargs: Any):
         output = None
         for chunk, step in self._physical_steps(args, kwargs):
-            output = self.engine.run(step) if batch_size(chunk) else step()
+            if batch_size(chunk):
+                output = self.engine.run(step)
+            else:  # an empty Poisson batch: no gradient to record, noise still follows
+                with torch.no_grad():
+                    output = step()
         self._pending = True
         return output
 

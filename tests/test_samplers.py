@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
 import torch
+from scipy import stats
 
 from dpresearch.data.base import TensorSet
 from dpresearch.data.padding import PAD_INDEX, PAD_LABEL, count_real
@@ -86,9 +85,7 @@ def test_expected_batch_larger_than_dataset_is_refused() -> None:
 
 def test_masked_poisson_pads_the_same_poisson_batches_to_static_physical_batches() -> None:
     plain = PoissonSampling(expected_batch_size=30, max_physical_batch_size=16).build(300, 9)
-    masked = MaskedPoissonSampling(expected_batch_size=30, max_physical_batch_size=16).build(
-        300, 9
-    )
+    masked = MaskedPoissonSampling(expected_batch_size=30, max_physical_batch_size=16).build(300, 9)
     for a, b in zip(plain, masked):
         assert b[: len(a)] == a  # the real examples are exactly the Poisson draw
         assert set(b[len(a) :]) <= {PAD_INDEX}

@@ -92,6 +92,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         """How training batches are drawn (the ``sampler`` group), seeded by the run."""
         self.sampler, self.sampler_seed = sampler, seed
 
+    def synthetic_batch(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random inputs of the dataset's shape and random labels (benchmarks: no data needed)."""
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, *self.input_shape, generator=g)
+        return x, torch.randint(0, self.num_classes, (n,), generator=g)
+
     # Subclasses provide the raw arrays and how to turn a stored batch into model input.
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_train_and_val, y_train_and_val, x_test, y_test) as stored (any dtype)."""

@@ -9,6 +9,7 @@ batch's clipped sum to a running sum, like every other engine.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ class GhostEngine(Engine):
     def __init__(self, module: nn.Module, factors: Factors):
         super().__init__(module, factors)
         quiet_full_backward_hook_warning()
+        # Opacus logs one INFO line per layer on every wrap; keep its warnings only.
+        logging.getLogger("opacus").setLevel(logging.WARNING)
         self.gsm = GradSampleModuleFastGradientClipping(
             module, batch_first=True, loss_reduction="sum", strict=True, use_ghost_clipping=True
         )

@@ -1,0 +1,1 @@
+"""``python -m dpresearch.benchmark``: DP engines against non-private training, measured."""

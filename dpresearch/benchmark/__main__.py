@@ -1,0 +1,99 @@
+"""`python -m dpresearch.benchmark [run.py overrides] bench.methods=[...] bench.steps=N`.
+
+Prints a table and writes benchmark.json (rows with method, examples_per_s, peak_memory_mb,
+ratio_to_nonprivate; the config; the device) to the Hydra output folder or ``bench.output``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from dpresearch.benchmark.runner import benchmark, rows_as_dicts
+from dpresearch.train import build, resolve_device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def print_rows(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("method", "examples/s", "ms/step", "peak MiB", "speed vs non-private",
+                "memory vs non-private"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r["method"],
+            f"{r['examples_per_s']:.1f}",
+            f"{r['ms_per_step']:.1f}",
+            f"{r['peak_memory_mb']:.1f}",
+            "n/a" if r["ratio_to_nonprivate"] is None else f"{r['ratio_to_nonprivate']:.2f}x",
+            "n/a"
+            if r["memory_ratio_to_nonprivate"] is None
+            else f"{r['memory_ratio_to_nonprivate']:.2f}x",
+        )
+    Console().print(table)
+
+
+def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dict:
+    torch.manual_seed(cfg.seed)
+    bench = cfg.bench
+    datamodule = build(cfg.dataset)
+    clipping = build(cfg.clipping)
+    sampling = build(cfg.sampler)
+    model = build(
+        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.input_shape[0]
+    )
+    model = build(cfg.finetune).apply(model)
+    device = resolve_device(cfg.trainer.get("accelerator", "auto"))
+    rows = benchmark(
+        model,
+        lambda seed: datamodule.synthetic_batch(bench.batch_size, seed),
+        list(bench.methods),
+        optimizer_factory=hydra.utils.instantiate(cfg.optimizer),
+        factors=clipping.factors,
+        batch_size=bench.batch_size,
+        physical=min(bench.batch_size, sampling.max_physical_batch_size),
+        steps=bench.steps,
+        warmup=bench.warmup,
+        noise_std=1.0 * clipping.max_grad_norm,  # sigma=1: noise costs the same at any sigma
+        device=device,
+    )
+    record = {
+        "rows": rows_as_dicts(rows),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "choices": choices,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    path = Path(bench.output) if bench.output else Path(output_dir) / "benchmark.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    title = (
+        f"{choices.get('model', '')} on {choices.get('dataset', '')}, batch {bench.batch_size}, "
+        f"{record['device']}"
+    )
+    print_rows(record["rows"], title)
+    Console().print(f"wrote {path}")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_benchmark(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
+
+
+if __name__ == "__main__":
+    main()

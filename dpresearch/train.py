@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule
 from dpresearch.privacy import DPStrategy, PrivacyMetrics, build_strategy, make_plan
@@ -92,11 +93,14 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed)
         summary["engine"] = plan.engine
+        trainer_cfg = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer if k != "compile"])
+        if cfg.trainer.get("compile", False):
+            model = compile_model(model, plan.engine, sampling.name)
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
         callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
         trainer = instantiate(
-            cfg.trainer,
+            trainer_cfg,
             strategy=strategy,
             logger=logger,
             callbacks=callbacks,

@@ -47,6 +47,7 @@ class BookKeepingEngine(Engine):
         self.layer_modes: dict[str, str] = {}  # "path.param" -> ghost | materialized
         self._handles = [m.register_forward_hook(self._forward_hook) for _, m in self._layers]
 
+    @torch.compiler.disable
     def _forward_hook(self, module: nn.Module, inputs: tuple, output: Any) -> Any:
         if not self._active:
             return None

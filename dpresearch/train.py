@@ -34,6 +34,11 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def instantiate_trainer(node: DictConfig, **kwargs) -> pl.Trainer:
+    """The ``trainer`` group is pl.Trainer's arguments plus our ``compile`` flag."""
+    return instantiate(OmegaConf.masked_copy(node, [k for k in node if k != "compile"]), **kwargs)
+
+
 def resolve_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError("trainer.accelerator=gpu but no CUDA device is visible; use cpu")
@@ -93,14 +98,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed)
         summary["engine"] = plan.engine
-        trainer_cfg = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer if k != "compile"])
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
         callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
-        trainer = instantiate(
-            trainer_cfg,
+        trainer = instantiate_trainer(
+            cfg.trainer,
             strategy=strategy,
             logger=logger,
             callbacks=callbacks,

@@ -18,9 +18,9 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def test_required_groups_and_experiments_exist() -> None:
     for group in GROUPS + ["experiment"]:
         assert (CONF / group).is_dir(), group
-    assert {"fixed"} <= {o for g, o in OPTIONS if g == "clipping"}
+    assert {"fixed", "automatic", "ghost"} <= {o for g, o in OPTIONS if g == "clipping"}
     assert {"full"} <= {o for g, o in OPTIONS if g == "finetune"}
-    assert {"poisson", "shuffle"} <= {o for g, o in OPTIONS if g == "sampler"}
+    assert {"poisson", "poisson_masked", "shuffle"} <= {o for g, o in OPTIONS if g == "sampler"}
     assert {"digits_dp", "digits_nonprivate", "mnist1d_dp", "cifar10_wrn_dp",
             "cifar10_vit_dp"} <= set(EXPERIMENTS)  # fmt: skip
 
@@ -32,7 +32,9 @@ def build(cfg, group: str, tmp_path: Path):
     if group == "logger":
         return instantiate(node, save_dir=str(tmp_path), run_config=cfg, _recursive_=False)
     if group == "trainer":
-        return instantiate(node, logger=False, accelerator="cpu")
+        from dpresearch.train import instantiate_trainer
+
+        return instantiate_trainer(node, logger=False, accelerator="cpu")
     if group == "optimizer":
         import torch
 

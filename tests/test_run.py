@@ -62,6 +62,27 @@ def test_enormous_noise_keeps_model_near_chance(compose_cfg, tmp_path) -> None:
     assert clean["test_accuracy"] > 0.7
 
 
+@pytest.mark.parametrize(
+    "overrides,engine",
+    [
+        ([], "bk"),  # clipping.engine=auto resolves to bk for the GroupNorm CNN
+        (["clipping=ghost"], "ghost"),
+        (["clipping=automatic", "clipping.engine=hooks"], "hooks"),
+        (["clipping=automatic", "sampler=poisson_masked", "sampler.max_physical_batch_size=64"],
+         "bk"),
+    ],
+)  # fmt: skip
+def test_clipping_and_engine_choices_train(compose_cfg, tmp_path, caplog, overrides, engine):
+    cfg = compose_cfg(FAST + ["trainer.max_epochs=2"] + overrides)
+    with caplog.at_level("INFO", logger="dpresearch.privacy.validation"):
+        saved = run(cfg, tmp_path)
+    assert saved["status"] == "completed" and saved["engine"] == engine
+    assert saved["accounting_matches_sampler"] is True and 0 < saved["epsilon"] <= 3.0
+    assert saved["test_accuracy"] is not None and saved["train_examples_per_s"] > 0
+    if not overrides:
+        assert "clipping.engine=auto -> bk" in caplog.text
+
+
 def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
     from tests.conftest import dp_strategy, fit_batches
     from tests.test_clipping import mixed_model
@@ -89,6 +110,8 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
         (["clipping.max_grad_norm=nan"], "max_grad_norm"),
         (["clipping.max_grad_norm=0"], "max_grad_norm"),
         (["privacy.accountant=moments"], "accountant"),
+        (["clipping.engine=fast"], "clipping.engine"),
+        (["trainer.compile=true", "clipping.engine=hooks"], "clipping.engine=bk"),
     ],
 )
 def test_bad_input_is_refused_before_training(compose_cfg, tmp_path, overrides, match) -> None:

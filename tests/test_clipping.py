@@ -120,14 +120,16 @@ def tiny_wrn() -> nn.Module:
     return WideResNet(num_classes=5, in_channels=1, depth=10, widen_factor=1, groups=4)
 
 
+@pytest.mark.parametrize("engine", ["hooks", "ghost", "bk"])
 @pytest.mark.parametrize("factory", [tiny_vit, tiny_wrn], ids=["vit", "wrn"])
-def test_shipped_architectures_clip_per_example_exactly(factory) -> None:
+def test_shipped_architectures_clip_per_example_exactly(factory, engine: str) -> None:
     """Covers the ViT's class token and position embedding rules, and WRN's blocks."""
     torch.manual_seed(3)
     x, y = torch.randn(10, 1, 6, 6), torch.randint(0, 5, (10,))
     model, reference = factory(), factory()
     before = [p.detach().clone() for p in model.parameters()]
-    fit_batches(model, x, y, [list(range(10))], dp_strategy(0.0, 0.5, 10, max_physical=4))
+    strategy = dp_strategy(0.0, 0.5, 10, max_physical=4, engine=engine)
+    fit_batches(model, x, y, [list(range(10))], strategy)
     want = brute_force_update(reference, x, y, 0.5, 10, lr=1.0)
     for p, b, w in zip(model.parameters(), before, want):
         torch.testing.assert_close(p.detach() - b, w, atol=1e-6, rtol=1e-4)

@@ -89,12 +89,26 @@ def brute_force_sum(model: nn.Module, x, y, factors) -> list[torch.Tensor]:
     return total
 
 
+def brute_force_per_layer_sum(model: nn.Module, x, y, clip: float) -> list[torch.Tensor]:
+    """Each parameter tensor of each example clipped to C / sqrt(P) on its own."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    threshold = clip / len(params) ** 0.5
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
+        for t, g in zip(total, grads):
+            t += min(1.0, threshold / (g.norm().item() + 1e-6)) * g
+    return total
+
+
 def losses(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
     return {"example_losses": F.cross_entropy(model(x), y, reduction="none")}
 
 
-def engine_sum(model: nn.Module, x, y, engine: str, factors, chunks: int = 1):
-    eng = make_engine(engine, model, factors)
+def engine_sum(
+    model: nn.Module, x, y, engine: str, factors, chunks: int = 1, per_layer: bool = False
+):
+    eng = make_engine(engine, model, factors, per_layer)
     try:
         for xs, ys in zip(x.chunk(chunks), y.chunk(chunks)):
             eng.run(partial(losses, model, xs, ys))
@@ -232,3 +246,29 @@ def test_unsupported_layer_is_refused_naming_module_type_and_engines() -> None:
         resolve_engine(custom, "auto")
     frozen = nn.Sequential(nn.Linear(3, 3), Scale().requires_grad_(False))
     assert resolve_engine(frozen, "auto") == "bk"  # frozen layers need no rule
+
+
+@pytest.mark.parametrize("engine", ["hooks", "bk"])
+@pytest.mark.parametrize("model_name", ["cnn", "vit", "text"])
+def test_per_layer_clipping_equals_brute_force(model_name: str, engine: str) -> None:
+    from dpresearch.privacy.spec import PerLayerClipping
+
+    torch.manual_seed(0)
+    model = MODELS[model_name]()
+    x, y = data(model_name, 6)
+    clip = 0.3
+    want = brute_force_per_layer_sum(copy.deepcopy(model), x, y, clip)
+    spec = PerLayerClipping(max_grad_norm=clip)
+    got, _ = engine_sum(model, x, y, engine, spec.factors, chunks=2, per_layer=True)
+    assert_sums_close(got, want)
+    flat = brute_force_sum(copy.deepcopy(model), x, y, FixedClipping(max_grad_norm=clip).factors)
+    assert any(not torch.allclose(g, f, atol=1e-6) for g, f in zip(got, flat))  # it differs
+
+
+def test_per_layer_clipping_is_refused_on_ghost_and_auto_avoids_it() -> None:
+    from dpresearch.privacy.spec import PrivacyConfigError
+    from dpresearch.privacy.validation import resolve_engine
+
+    with pytest.raises(PrivacyConfigError, match="clipping.engine=bk"):
+        resolve_engine(group_norm_cnn(), "ghost", per_layer=True)
+    assert resolve_engine(group_norm_cnn(), "auto", per_layer=True) == "bk"

@@ -67,6 +67,7 @@ def test_enormous_noise_keeps_model_near_chance(compose_cfg, tmp_path) -> None:
     [
         ([], "bk"),  # clipping.engine=auto resolves to bk for the GroupNorm CNN
         (["clipping=ghost"], "ghost"),
+        (["clipping=per_layer", "clipping.engine=hooks"], "hooks"),
         (["clipping=automatic", "clipping.engine=hooks"], "hooks"),
         (["clipping=automatic", "sampler=poisson_masked", "sampler.max_physical_batch_size=64"],
          "bk"),

@@ -63,6 +63,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
         list(bench.methods),
         optimizer_factory=hydra.utils.instantiate(cfg.optimizer),
         factors=clipping.factors,
+        per_layer=clipping.per_layer,
         batch_size=bench.batch_size,
         physical=min(bench.batch_size, sampling.max_physical_batch_size),
         steps=bench.steps,

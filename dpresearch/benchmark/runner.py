@@ -56,6 +56,7 @@ class Method:
         model: nn.Module,
         optimizer_factory: Callable,
         factors: Callable,
+        per_layer: bool,
         physical: int,
         noise_std: float,
         expected_batch_size: int,
@@ -67,8 +68,8 @@ class Method:
         self.optimizer = optimizer_factory(params)
         engine = parse_method(name)
         if engine is not None:
-            resolve_engine(self.model, engine)  # refuses unsupported layers, clearly
-        self.engine = make_engine(engine, self.model, factors) if engine else None
+            resolve_engine(self.model, engine, per_layer)  # refuses what it cannot run, clearly
+        self.engine = make_engine(engine, self.model, factors, per_layer) if engine else None
         self.physical = physical
         self.noise_std = noise_std
         self.expected = expected_batch_size
@@ -107,6 +108,7 @@ def benchmark(
     *,
     optimizer_factory: Callable,
     factors: Callable,
+    per_layer: bool = False,
     batch_size: int,
     physical: int,
     steps: int,
@@ -129,12 +131,13 @@ def benchmark(
             m,
             copy.deepcopy(model),
             optimizer_factory,
-            factors,
-            physical,
-            noise_std,
-            batch_size,
-            device,
-        )  # fmt: skip
+            factors=factors,
+            per_layer=per_layer,
+            physical=physical,
+            noise_std=noise_std,
+            expected_batch_size=batch_size,
+            device=device,
+        )
         for m in methods
     ]
     seconds = {m: 0.0 for m in methods}

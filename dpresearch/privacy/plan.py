@@ -96,7 +96,7 @@ def build_strategy(
 ) -> PhysicalBatchStrategy:
     if not plan.private:
         return PhysicalBatchStrategy(sampling.max_physical_batch_size, device)
-    plan.engine = resolve_engine(model, clipping.engine)
+    plan.engine = resolve_engine(model, clipping.engine, clipping.per_layer)
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
     return DPStrategy(
         noise_multiplier=plan.noise_multiplier,
@@ -110,4 +110,5 @@ def build_strategy(
         device=device,
         factors=clipping.factors,
         engine=plan.engine,
+        per_layer=clipping.per_layer,
     )

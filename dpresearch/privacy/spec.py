@@ -79,6 +79,7 @@ class FixedClipping:
     engine: str = "auto"  # bk where every trainable layer has a bk rule, else hooks
 
     name = "fixed"
+    per_layer = False  # factors from each example's total norm, one per example
 
     def factors(self, norms: torch.Tensor) -> torch.Tensor:
         """Per-example scale factors from per-example gradient norms."""
@@ -117,3 +118,18 @@ class AutomaticClipping(FixedClipping):
 
     def factors(self, norms: torch.Tensor) -> torch.Tensor:
         return self.max_grad_norm / (norms + self.gamma)
+
+
+@dataclass
+class PerLayerClipping(FixedClipping):
+    """Per-layer flat clipping: each trainable parameter tensor p of each example is clipped
+    to C / sqrt(P) on its own (P tensors), so the example's whole gradient still has norm at
+    most C and the noise stays sigma*C. Layers with small gradients keep them unscaled."""
+
+    name = "per_layer"
+    per_layer = True
+
+    def factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """(N, P) per-example, per-parameter norms -> (N, P) factors."""
+        threshold = self.max_grad_norm / math.sqrt(norms.shape[1])
+        return (threshold / (norms + 1e-6)).clamp(max=1.0)

@@ -131,10 +131,12 @@ class DPStrategy(PhysicalBatchStrategy):
         device: str | torch.device = "cpu",
         factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
         engine: str = "hooks",
+        per_layer: bool = False,
     ):
         super().__init__(max_physical_batch_size, device)
         self.factors = factors or FixedClipping(max_grad_norm).factors
         self.engine_name = engine
+        self.per_layer = per_layer
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
@@ -154,7 +156,9 @@ class DPStrategy(PhysicalBatchStrategy):
             return  # evaluation needs no per-example gradients
         if len(self.optimizers) != 1:
             raise ValueError(f"DP training needs exactly one optimizer, got {len(self.optimizers)}")
-        self.engine = make_engine(self.engine_name, self.lightning_module, self.factors)
+        self.engine = make_engine(
+            self.engine_name, self.lightning_module, self.factors, self.per_layer
+        )
         self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
 
     def training_step(self, *args: Any, **kwargs: Any):

@@ -25,10 +25,15 @@ def _refuse_batch_norm(model: nn.Module) -> None:
             )
 
 
-def resolve_engine(model: nn.Module, engine: str) -> str:
+def resolve_engine(model: nn.Module, engine: str, per_layer: bool = False) -> str:
     """The engine that will train ``model``: ``engine`` itself after checking every trainable
     layer, or for ``auto`` the fastest engine that handles them all (bk, else hooks)."""
     _refuse_batch_norm(model)
+    if per_layer and engine == "ghost":
+        raise PrivacyConfigError(
+            "clipping=per_layer needs one factor per parameter and example; the ghost engine's "
+            "second backward pass applies one per example: use clipping.engine=bk or hooks"
+        )
     if engine == "auto":
         for candidate in ("bk", "hooks"):
             missing = unsupported_layers(model, candidate)

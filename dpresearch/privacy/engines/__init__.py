@@ -43,8 +43,8 @@ def engines_supporting(module: nn.Module) -> list[str]:
     return [name for name, check in _CHECKS.items() if check(module) is None]
 
 
-def make_engine(name: str, module: nn.Module, factors: Factors) -> Engine:
-    return ENGINES[name](module, factors)
+def make_engine(name: str, module: nn.Module, factors: Factors, per_layer: bool = False) -> Engine:
+    return ENGINES[name](module, factors, per_layer)
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 An engine owns how per-example gradient norms and the clipped sum are computed (materialized
 per-example gradients, two backward passes, or book-keeping); the strategy owns everything
 around it (physical batches, noise once per logical step, accounting). The clipping function
-(fixed, automatic, ...) is a parameter: ``factors(norms) -> per-example multipliers``.
+(fixed, automatic, ...) is a parameter: ``factors(norms) -> per-example multipliers``, from
+each example's total norm, or with ``per_layer`` from its (N, P) per-parameter norms.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ class Engine:
 
     name = "base"
 
-    def __init__(self, module: nn.Module, factors: Factors):
+    def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
         self.module = module
         self.factors = factors
+        self.per_layer = per_layer
         self.params = [p for p in module.parameters() if p.requires_grad]
         self._sums: list[torch.Tensor] | None = None
         self.last_norms: torch.Tensor | None = None  # per-example norms, last physical batch
@@ -48,8 +50,13 @@ class Engine:
         raise NotImplementedError
 
     def _clip_factors(self, norms: torch.Tensor) -> torch.Tensor:
-        self.last_norms = norms.detach()
-        return self.factors(self.last_norms)
+        """(N, P) per-example, per-parameter norms -> (N, P) factors: from each example's
+        total norm (one factor per example), or per parameter under per-layer clipping."""
+        norms = norms.detach()
+        self.last_norms = norms.norm(2, dim=1)
+        if self.per_layer:
+            return self.factors(norms)
+        return self.factors(self.last_norms).unsqueeze(1).expand_as(norms)
 
     def _add(self, grads: list[torch.Tensor]) -> None:
         if self._sums is None:

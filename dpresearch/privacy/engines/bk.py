@@ -34,8 +34,8 @@ def trainable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
 class BookKeepingEngine(Engine):
     name = "bk"
 
-    def __init__(self, module: nn.Module, factors: Factors):
-        super().__init__(module, factors)
+    def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
+        super().__init__(module, factors, per_layer)
         self._trainable = {id(p) for p in self.params}
         self._layers = trainable_layers(module)
         self._paths = {m: path for path, m in self._layers}
@@ -91,8 +91,6 @@ class BookKeepingEngine(Engine):
             for p in self.params:
                 p.requires_grad_(True)
         with torch.no_grad():
-            sq = torch.stack([r.sq_norms.float() for r in self._records]).sum(0)
-            factor = self._clip_factors(sq.sqrt())
             by_param = {id(r.param): r for r in self._records}
             missing = [p for p in self.params if id(p) not in by_param]
             if missing:
@@ -100,7 +98,10 @@ class BookKeepingEngine(Engine):
                     f"{len(missing)} trainable parameters got no gradient in the bk engine; "
                     "is every trainable layer used in the forward pass?"
                 )
-            self._add([by_param[id(p)].weighted_sum(factor) for p in self.params])
+            records = [by_param[id(p)] for p in self.params]
+            sq = torch.stack([r.sq_norms.float() for r in records], 1)
+            factor = self._clip_factors(sq.clamp(min=0).sqrt())
+            self._add([r.weighted_sum(factor[:, j]) for j, r in enumerate(records)])
             if not self.layer_modes:
                 names = {id(p): n for n, p in self.module.named_parameters()}
                 self.layer_modes = {names[id(r.param)]: r.mode for r in self._records}

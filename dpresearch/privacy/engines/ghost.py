@@ -13,17 +13,25 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
 from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning
+from dpresearch.privacy.spec import PrivacyConfigError
 
 
 class GhostEngine(Engine):
     name = "ghost"
 
-    def __init__(self, module: nn.Module, factors: Factors):
+    def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
+        if per_layer:
+            raise PrivacyConfigError(
+                "clipping=per_layer needs one factor per parameter and example; the ghost "
+                "engine's second backward pass applies one per example: use "
+                "clipping.engine=bk or clipping.engine=hooks"
+            )
         super().__init__(module, factors)
         quiet_full_backward_hook_warning()
         # Opacus logs one INFO line per layer on every wrap; keep its warnings only.
@@ -36,7 +44,8 @@ class GhostEngine(Engine):
         output = forward()
         losses = example_losses(output)
         losses.sum().backward(retain_graph=True)  # pass 1: per-example norms
-        factor = self._clip_factors(self.gsm.get_norm_sample()).to(losses.dtype)
+        norms = torch.stack([p._norm_sample for p in self.params], 1)
+        factor = self._clip_factors(norms)[:, 0].to(losses.dtype)
         for p in self.params:
             p.grad = None
         self.gsm.disable_hooks()

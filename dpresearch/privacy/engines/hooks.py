@@ -76,8 +76,8 @@ def quiet_full_backward_hook_warning() -> None:
 class HooksEngine(Engine):
     name = "hooks"
 
-    def __init__(self, module: nn.Module, factors: Factors):
-        super().__init__(module, factors)
+    def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
+        super().__init__(module, factors, per_layer)
         quiet_full_backward_hook_warning()
         self.gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum", strict=True)
 
@@ -86,8 +86,13 @@ class HooksEngine(Engine):
         example_losses(output).sum().backward()
         grad_samples = [p.grad_sample for p in self.params]
         norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in grad_samples], 1)
-        factor = self._clip_factors(norms.norm(2, dim=1))
-        self._add([torch.einsum("i,i...->...", factor.to(g.dtype), g) for g in grad_samples])
+        factor = self._clip_factors(norms)
+        self._add(
+            [
+                torch.einsum("i,i...->...", factor[:, j].to(g.dtype), g)
+                for j, g in enumerate(grad_samples)
+            ]
+        )
         for p in self.params:
             p.grad_sample = None
             p.grad = None

@@ -272,3 +272,28 @@ def test_per_layer_clipping_is_refused_on_ghost_and_auto_avoids_it() -> None:
     with pytest.raises(PrivacyConfigError, match="clipping.engine=bk"):
         resolve_engine(group_norm_cnn(), "ghost", per_layer=True)
     assert resolve_engine(group_norm_cnn(), "auto", per_layer=True) == "bk"
+
+
+class Twice(nn.Module):
+    """One Linear applied twice: its per-example gradient is the sum over both uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.head(self.shared(torch.tanh(self.shared(x.flatten(1)))))
+
+
+def test_shared_weights_hooks_exact_and_bk_refuses_naming_the_layer() -> None:
+    from dpresearch.privacy.spec import PrivacyConfigError
+
+    torch.manual_seed(0)
+    model, x, y = Twice(), torch.randn(5, 6), torch.randint(0, 5, (5,))
+    factors = FUNCTIONS["fixed"]
+    want = brute_force_sum(copy.deepcopy(model), x, y, factors)
+    got, _ = engine_sum(model, x, y, "hooks", factors)
+    assert_sums_close(got, want)
+    with pytest.raises(PrivacyConfigError, match=r"layer shared \(Linear\) ran twice"):
+        engine_sum(model, x, y, "bk", factors)

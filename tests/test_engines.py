@@ -297,3 +297,27 @@ def test_shared_weights_hooks_exact_and_bk_refuses_naming_the_layer() -> None:
     assert_sums_close(got, want)
     with pytest.raises(PrivacyConfigError, match=r"layer shared \(Linear\) ran twice"):
         engine_sum(model, x, y, "bk", factors)
+
+
+class WithUnused(nn.Module):
+    """A trainable layer the forward never calls (like a BERT pooler under mean pooling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(6, 5)
+        self.unused = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unused_trainable_parameters_get_exactly_zero(engine: str) -> None:
+    torch.manual_seed(0)
+    model, x, y = WithUnused(), torch.randn(4, 6), torch.randint(0, 5, (4,))
+    got, eng = engine_sum(model, x, y, engine, FUNCTIONS["fixed"])
+    want = brute_force_sum(copy.deepcopy(model).used, x, y, FUNCTIONS["fixed"])
+    assert_sums_close(got[:2], want)
+    assert all((g == 0).all() for g in got[2:])
+    got2, _ = engine_sum(model, x, y, engine, FUNCTIONS["fixed"])  # no stale norms either
+    assert_sums_close(got2[:2], want)

@@ -23,6 +23,11 @@ from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample
 from dpresearch.privacy.spec import PrivacyConfigError
 
 
+def _unused(param: nn.Parameter, n: int) -> PerExample:
+    zeros = torch.zeros(n, device=param.device)
+    return PerExample(param, zeros, lambda c: torch.zeros_like(param), "unused")
+
+
 def trainable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (path, m)
@@ -92,13 +97,9 @@ class BookKeepingEngine(Engine):
                 p.requires_grad_(True)
         with torch.no_grad():
             by_param = {id(r.param): r for r in self._records}
-            missing = [p for p in self.params if id(p) not in by_param]
-            if missing:
-                raise RuntimeError(
-                    f"{len(missing)} trainable parameters got no gradient in the bk engine; "
-                    "is every trainable layer used in the forward pass?"
-                )
-            records = [by_param[id(p)] for p in self.params]
+            n = len(example_losses(output))
+            # A trainable parameter no layer used has zero gradient for every example.
+            records = [by_param.get(id(p)) or _unused(p, n) for p in self.params]
             sq = torch.stack([r.sq_norms.float() for r in records], 1)
             factor = self._clip_factors(sq.clamp(min=0).sqrt())
             self._add([r.weighted_sum(factor[:, j]) for j, r in enumerate(records)])

@@ -18,7 +18,7 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
-from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning
+from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning, zero_norms
 from dpresearch.privacy.spec import PrivacyConfigError
 
 
@@ -41,10 +41,19 @@ class GhostEngine(Engine):
         )
 
     def run(self, forward: Callable[[], Any]) -> Any:
+        for p in self.params:
+            p._norm_sample = None  # an unused parameter keeps None: zero norm, not last step's
         output = forward()
         losses = example_losses(output)
         losses.sum().backward(retain_graph=True)  # pass 1: per-example norms
-        norms = torch.stack([p._norm_sample for p in self.params], 1)
+        n = len(losses)
+        norms = torch.stack(
+            [
+                p._norm_sample if p._norm_sample is not None else zero_norms(n, p)
+                for p in self.params
+            ],
+            1,
+        )
         factor = self._clip_factors(norms)[:, 0].to(losses.dtype)
         for p in self.params:
             p.grad = None
@@ -53,7 +62,7 @@ class GhostEngine(Engine):
             (losses * factor).sum().backward()  # pass 2: the clipped sum
         finally:
             self.gsm.enable_hooks()
-        self._add([p.grad for p in self.params])
+        self._add([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
         for p in self.params:
             p.grad = None
         return output

@@ -60,6 +60,10 @@ def _embedding_norm(layer, activations, backprops: torch.Tensor):
     return _OPACUS_EMBEDDING_NORM(layer, activations, backprops)
 
 
+def zero_norms(n: int, param: nn.Parameter) -> torch.Tensor:
+    return torch.zeros(n, device=param.device)
+
+
 def opacus_supported(module: nn.Module) -> str | None:
     """Why Opacus (hooks and ghost engines) cannot handle ``module``; None if it can."""
     if type(module) in GradSampleModule.GRAD_SAMPLERS:
@@ -84,13 +88,23 @@ class HooksEngine(Engine):
     def run(self, forward: Callable[[], Any]) -> Any:
         output = forward()
         example_losses(output).sum().backward()
+        n = len(example_losses(output))
+        # A trainable parameter no layer used has no grad_sample: zero for every example.
         grad_samples = [p.grad_sample for p in self.params]
-        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in grad_samples], 1)
+        norms = torch.stack(
+            [
+                g.reshape(n, -1).norm(2, dim=1) if g is not None else zero_norms(n, p)
+                for g, p in zip(grad_samples, self.params)
+            ],
+            1,
+        )
         factor = self._clip_factors(norms)
         self._add(
             [
                 torch.einsum("i,i...->...", factor[:, j].to(g.dtype), g)
-                for j, g in enumerate(grad_samples)
+                if g is not None
+                else torch.zeros_like(p)
+                for j, (g, p) in enumerate(zip(grad_samples, self.params))
             ]
         )
         for p in self.params:

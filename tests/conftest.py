@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import os
-from functools import partial
-from pathlib import Path
 
-import pytest
-import pytorch_lightning as pl
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from torch.utils.data import DataLoader
-
-from dpresearch.data.base import TensorSet, _identity_collate
-from dpresearch.module import ClassificationModule
-from dpresearch.privacy.strategy import DPStrategy
-
+# Before anything imports huggingface_hub (it reads this once): no network here, fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from dpresearch.data.base import TensorSet, _identity_collate  # noqa: E402
+from dpresearch.module import ClassificationModule  # noqa: E402
+from dpresearch.privacy.strategy import DPStrategy  # noqa: E402
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -41,25 +41,32 @@ def _materialized(param: nn.Parameter, grads: torch.Tensor) -> PerExample:
     )
 
 
-def _matrix(param: nn.Parameter, a: torch.Tensor, b: torch.Tensor) -> PerExample:
-    """Weight of shape (O, I) (viewed) from A (N, T, I) and B (N, T, O)."""
+def _matrix(
+    param: nn.Parameter, a: torch.Tensor, b: torch.Tensor, transposed: bool = False
+) -> PerExample:
+    """Weight of shape (O, I) (viewed; (I, O) if ``transposed``) from A (N, T, I), B (N, T, O)."""
     n, t, i = a.shape
     o = b.shape[-1]
+
+    def shaped(g: torch.Tensor) -> torch.Tensor:  # (O, I) -> the parameter's layout
+        return (g.mT if transposed else g).reshape(param.shape)
+
     if t == 1:
         a1, b1 = a[:, 0], b[:, 0]
         sq = a1.pow(2).sum(1) * b1.pow(2).sum(1)
         return PerExample(
-            param, sq, lambda c: ((b1 * c[:, None].to(b1.dtype)).T @ a1).view_as(param), "ghost"
+            param, sq, lambda c: shaped((b1 * c[:, None].to(b1.dtype)).T @ a1), "ghost"
         )
     if 2 * t * t < i * o:
         sq = ((a @ a.mT) * (b @ b.mT)).sum((1, 2))
 
         def weighted(c: torch.Tensor) -> torch.Tensor:
             cb = (b * c[:, None, None].to(b.dtype)).reshape(-1, o)
-            return (cb.T @ a.reshape(-1, i)).view_as(param)
+            return shaped(cb.T @ a.reshape(-1, i))
 
         return PerExample(param, sq, weighted, "ghost")
-    return _materialized(param, b.mT @ a)
+    grads = b.mT @ a  # (N, O, I)
+    return _materialized(param, grads.mT if transposed else grads)
 
 
 def _bias(param: nn.Parameter, b: torch.Tensor) -> PerExample:
@@ -76,6 +83,17 @@ def linear(m: nn.Linear, a, b, trainable: set[int]) -> list[PerExample]:
     out = []
     if _wants(m.weight, trainable):
         out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3))
+    if _wants(m.bias, trainable):
+        out.append(_bias(m.bias, b3))
+    return out
+
+
+def hf_conv1d(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
+    """transformers' Conv1D (GPT-2): y = x @ W + b with W stored as (in, out)."""
+    b3 = b.reshape(len(b), -1, b.shape[-1])
+    out = []
+    if _wants(m.weight, trainable):
+        out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3, transposed=True))
     if _wants(m.bias, trainable):
         out.append(_bias(m.bias, b3))
     return out
@@ -160,6 +178,13 @@ RULES: dict[type, Callable[..., list[PerExample]]] = {
     PositionEmbedding: position_embedding,
     ClassToken: class_token,
 }
+
+try:  # GPT-2's linear layers, when transformers is installed
+    from transformers.pytorch_utils import Conv1D as _HFConv1D
+
+    RULES[_HFConv1D] = hf_conv1d
+except ImportError:  # pragma: no cover
+    pass
 
 # Layers whose rule reads only the output gradient, never the input.
 OUTPUT_ONLY = (PositionEmbedding, ClassToken)

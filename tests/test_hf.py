@@ -1,0 +1,101 @@
+"""Hugging Face encoders under DP: per-example clipping exact on BERT-family (the real
+pretrained MiniLM) and GPT-2 architectures, under every scope; clear errors offline."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dpresearch.finetune import BiasOnly, Full, LoRA
+from dpresearch.models.hf import HFTextClassifier, PretrainedUnavailable
+from dpresearch.privacy.engines import make_engine
+from dpresearch.privacy.spec import FixedClipping
+from dpresearch.privacy.validation import resolve_engine
+from tests.test_engines import assert_sums_close
+
+NO_DROPOUT = {
+    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+}
+
+
+def tiny(architecture: str) -> HFTextClassifier:
+    sizes = {
+        "bert": {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+                 "intermediate_size": 32, "vocab_size": 60, "max_position_embeddings": 16},
+        "gpt2": {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 60, "n_positions": 16},
+    }[architecture]  # fmt: skip
+    torch.manual_seed(0)
+    return HFTextClassifier(3, name=architecture, pretrained=False, architecture=architecture,
+                            config_overrides={**sizes, **NO_DROPOUT[architecture]})  # fmt: skip
+
+
+def minilm() -> HFTextClassifier:
+    torch.manual_seed(0)
+    return HFTextClassifier(3, config_overrides=NO_DROPOUT["bert"]).train()  # as Lightning does
+
+
+def batch(n: int, length: int, vocab: int = 60) -> tuple[dict, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # one padded sequence
+    ids[1, 1] = ids[1, 2]  # a repeated token
+    return {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (n,), generator=g)
+
+
+def per_example_reference(model, inputs, y, factors) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(y)):
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
+        grads = torch.autograd.grad(F.cross_entropy(model(one), y[i : i + 1]), params)
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).float()
+        for t, g in zip(total, grads):
+            t += factors(norm.reshape(1))[0] * g
+    return total
+
+
+def check_exact(model, engine: str, n: int = 4, length: int = 8) -> None:
+    inputs, y = batch(n, length)
+    factors = FixedClipping(max_grad_norm=0.1).factors
+    want = per_example_reference(copy.deepcopy(model), inputs, y, factors)
+    eng = make_engine(engine, model, factors)
+    try:
+        eng.run(lambda: {"example_losses": F.cross_entropy(model(inputs), y, reduction="none")})
+        got = eng.take_sums()
+    finally:
+        eng.close()
+    assert_sums_close(got, want)
+
+
+@pytest.mark.parametrize("scope", [Full(), BiasOnly(), LoRA(r=2)], ids=["full", "bias", "lora"])
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+def test_bk_exact_on_hf_architectures_under_every_scope(architecture: str, scope) -> None:
+    model = scope.apply(tiny(architecture))
+    for n, p in model.named_parameters():
+        if ".lora_B." in n:
+            torch.nn.init.normal_(p, std=0.5)
+    assert resolve_engine(model, "auto") == "bk"
+    check_exact(model, "bk")
+
+
+def test_gpt2_conv1d_is_refused_by_opacus_engines_with_bk_named() -> None:
+    from dpresearch.privacy.spec import PrivacyConfigError
+
+    with pytest.raises(PrivacyConfigError, match=r"Conv1D.*clipping.engine=bk"):
+        resolve_engine(tiny("gpt2"), "hooks")
+
+
+@pytest.mark.parametrize("engine", ["bk", "hooks"])
+def test_pretrained_minilm_clipping_exact(engine: str) -> None:
+    model = BiasOnly().apply(minilm()) if engine == "hooks" else minilm()
+    check_exact(model, engine, n=3, length=12)
+
+
+def test_pretrained_weights_unavailable_offline_is_a_clear_error() -> None:
+    with pytest.raises(PretrainedUnavailable, match="model.pretrained=false"):
+        HFTextClassifier(2, name="bert-base-uncased")

@@ -83,11 +83,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         )
         datamodule.prepare_data()
         datamodule.setup("fit")
-        model = build(
-            cfg.model,
-            num_classes=datamodule.num_classes,
-            in_channels=datamodule.input_shape[0],
-        )
+        model = build(cfg.model, **datamodule.model_kwargs())
         model = scope.apply(model)
         summary.update(parameter_counts(model))
         plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer.max_epochs)

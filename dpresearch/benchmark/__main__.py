@@ -52,9 +52,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
     datamodule = build(cfg.dataset)
     clipping = build(cfg.clipping)
     sampling = build(cfg.sampler)
-    model = build(
-        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.input_shape[0]
-    )
+    model = build(cfg.model, **datamodule.model_kwargs())
     model = build(cfg.finetune).apply(model)
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     rows = benchmark(

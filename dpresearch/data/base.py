@@ -21,16 +21,33 @@ class DataError(RuntimeError):
     """Data that cannot be had as configured (the message names the folder and the flag)."""
 
 
-class TensorSet(Dataset):
-    """Examples as tensors; ``transform`` turns a stored batch (e.g. uint8) into model input."""
+Inputs = torch.Tensor | dict[str, torch.Tensor]
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None):
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+
+def take(x: Inputs, index: torch.Tensor) -> Inputs:
+    """Rows ``index`` of a tensor, or of every tensor of a dict (e.g. input_ids, attention_mask)."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+def _zero_rows(x: Inputs, rows: torch.Tensor) -> None:
+    for v in x.values() if isinstance(x, dict) else [x]:
+        v[rows] = 0
+
+
+class TensorSet(Dataset):
+    """Examples as tensors (or dicts of tensors, for text); ``transform`` turns a stored batch
+    (e.g. uint8) into model input."""
+
+    def __init__(self, x: Inputs, y: torch.Tensor, transform: Callable | None = None):
+        sizes = {len(v) for v in (x.values() if isinstance(x, dict) else [x])}
+        if sizes != {len(y)}:
+            raise ValueError(f"{sorted(sizes)} inputs but {len(y)} labels")
         self.x, self.y, self.transform = x, y, transform
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])
@@ -39,10 +56,10 @@ class TensorSet(Dataset):
         index = torch.as_tensor(idx, dtype=torch.long)
         pad = index == PAD_INDEX
         if not pad.any():
-            x = self.x[index]
+            x = take(self.x, index)
             return (self.transform(x) if self.transform else x), self.y[index]
-        x, y = self.x[index.clamp(min=0)], self.y[index.clamp(min=0)]
-        x[pad] = 0  # padding: zero input, ignored label
+        x, y = take(self.x, index.clamp(min=0)), self.y[index.clamp(min=0)]
+        _zero_rows(x, pad)  # padding: zero input, ignored label
         y[pad] = PAD_LABEL
         return (self.transform(x) if self.transform else x), y
 
@@ -92,14 +109,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         """How training batches are drawn (the ``sampler`` group), seeded by the run."""
         self.sampler, self.sampler_seed = sampler, seed
 
-    def synthetic_batch(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def model_kwargs(self) -> dict:
+        """What the model needs to know about the data (passed when the model is built)."""
+        return {"num_classes": self.num_classes, "in_channels": self.input_shape[0]}
+
+    def synthetic_batch(self, n: int, seed: int) -> tuple[Inputs, torch.Tensor]:
         """Random inputs of the dataset's shape and random labels (benchmarks: no data needed)."""
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(n, *self.input_shape, generator=g)
         return x, torch.randint(0, self.num_classes, (n,), generator=g)
 
     # Subclasses provide the raw arrays and how to turn a stored batch into model input.
-    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def load(self) -> tuple[Inputs, torch.Tensor, Inputs, torch.Tensor]:
         """(x_train_and_val, y_train_and_val, x_test, y_test) as stored (any dtype)."""
         raise NotImplementedError
 
@@ -114,11 +135,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         x, y, x_test, y_test = self.load()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
-        n_val = max(1, int(round(self.val_fraction * len(x))))
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = max(1, int(round(self.val_fraction * len(y))))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        self.train_set = TensorSet(x[train_idx], y[train_idx], self.transform)
-        self.val_set = TensorSet(x[val_idx], y[val_idx], self.transform)
+        self.train_set = TensorSet(take(x, train_idx), y[train_idx], self.transform)
+        self.val_set = TensorSet(take(x, val_idx), y[val_idx], self.transform)
         self.test_set = TensorSet(x_test, y_test, self.transform)
         if self.sampler is None:
             raise RuntimeError("attach_sampler(...) before setup(): no training sampler")

@@ -1,0 +1,243 @@
+"""Text classification data: tokenized once (with the model's own tokenizer), cached, and held
+in memory as input_ids / attention_mask tensors padded to ``max_length``.
+
+Sources: ``SentimentTemplates`` (offline, generated; a smoke task, not a benchmark),
+``HFTextDataset`` (Hugging Face hub datasets by name, e.g. GLUE SST-2, QNLI, MNLI; needs
+``pip install -e '.[text]'`` and a network) and ``TextFiles`` (local CSV/JSON/JSONL files with
+text and label columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from dpresearch.data.base import ClassificationDataModule, DataError, Inputs
+
+Texts = list[str] | list[tuple[str, str]]
+
+
+class TextDataModule(ClassificationDataModule):
+    name = "text"
+
+    def __init__(
+        self,
+        tokenizer: str,
+        num_classes: int,
+        max_length: int = 128,
+        cache_dir: str = "data/text_cache",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        eval_batch_size: int = 256,
+    ):
+        super().__init__(val_fraction, split_seed, eval_batch_size, augment=False)
+        if max_length < 2:
+            raise ValueError(f"dataset.max_length must be >= 2, got {max_length}")
+        self.tokenizer_name = tokenizer
+        self.num_classes = num_classes
+        self.max_length = max_length
+        self.input_shape = (max_length,)
+        self.cache_dir = Path(cache_dir)
+        self._tokenizer = None
+
+    # Subclasses: the raw texts (single sentences or sentence pairs) and integer labels.
+    def read(self) -> tuple[Texts, list[int], Texts, list[int]]:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from dpresearch.models.hf import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def model_kwargs(self) -> dict:
+        return {"num_classes": self.num_classes}
+
+    def transform(self, x: Inputs) -> Inputs:
+        return x
+
+    def tokenize(self, texts: Texts) -> dict[str, torch.Tensor]:
+        pairs = bool(texts) and isinstance(texts[0], (tuple, list))
+        args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (list(texts),)
+        enc = self.tokenizer(*args, padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")  # fmt: skip
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def _cached(self, texts: Texts, labels: list[int], split: str):
+        key = hashlib.sha1(
+            json.dumps([self.name, self.tokenizer_name, self.max_length, texts, labels]).encode()
+        ).hexdigest()[:16]
+        path = self.cache_dir / f"{self.name}-{split}-{key}.pt"
+        if path.exists():
+            stored = torch.load(path)
+            return stored["x"], stored["y"]
+        x, y = self.tokenize(texts), torch.tensor(labels, dtype=torch.long)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"x": x, "y": y}, path)
+        return x, y
+
+    def load(self):
+        train_texts, train_labels, test_texts, test_labels = self.read()
+        for labels in (train_labels, test_labels):
+            bad = sorted({v for v in labels if not 0 <= v < self.num_classes})
+            if bad:
+                raise DataError(
+                    f"labels {bad[:5]} are outside 0..{self.num_classes - 1}; set "
+                    "dataset.num_classes to the number of classes"
+                )
+        x, y = self._cached(train_texts, train_labels, "train")
+        x_test, y_test = self._cached(test_texts, test_labels, "test")
+        return x, y, x_test, y_test
+
+    def synthetic_batch(self, n: int, seed: int) -> tuple[Inputs, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(1000, len(self.tokenizer), (n, self.max_length), generator=g)
+        mask = torch.ones_like(ids)
+        return {"input_ids": ids, "attention_mask": mask}, torch.randint(
+            0, self.num_classes, (n,), generator=g
+        )
+
+
+POSITIVE = ["great", "wonderful", "excellent", "brilliant", "delightful", "superb", "charming",
+            "moving", "fantastic", "enjoyable", "gripping", "beautiful", "clever", "touching",
+            "memorable", "funny"]  # fmt: skip
+NEGATIVE = ["awful", "boring", "dull", "terrible", "dreadful", "tedious", "clumsy", "bland",
+            "painful", "disappointing", "forgettable", "messy", "lifeless", "annoying", "weak",
+            "pointless"]  # fmt: skip
+SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the soundtrack", "the ending",
+            "the script", "the cast", "the director's new work", "the dialogue", "the story",
+            "the cinematography"]  # fmt: skip
+TEMPLATES = ["{s} was {a}.", "i found {s} {a}.", "honestly, {s} is {a}.",
+             "{s} felt {a} from start to finish.", "everyone agreed that {s} was {a}.",
+             "what i remember most is how {a} {s} was."]  # fmt: skip
+NEGATED = ["{s} was not {a}.", "i would not call {s} {a}.", "{s} was anything but {a}."]
+
+
+class SentimentTemplates(TextDataModule):
+    """An offline sentiment smoke task generated from templates: positive or negative
+    adjectives about a film, with negations that flip the label ("not great" is negative).
+    Enough to show that fine-tuning learns; not a benchmark."""
+
+    name = "sentiment_templates"
+
+    def __init__(self, n_train: int = 2000, n_test: int = 500, seed: int = 0, **kwargs):
+        kwargs.setdefault("num_classes", 2)
+        super().__init__(**kwargs)
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+
+    def _generate(self, n: int, rng: random.Random) -> tuple[list[str], list[int]]:
+        texts, labels = [], []
+        for _ in range(n):
+            positive = rng.random() < 0.5
+            negated = rng.random() < 0.25
+            words = POSITIVE if positive != negated else NEGATIVE
+            template = rng.choice(NEGATED if negated else TEMPLATES)
+            texts.append(template.format(s=rng.choice(SUBJECTS), a=rng.choice(words)))
+            labels.append(int(positive))
+        return texts, labels
+
+    def read(self):
+        rng = random.Random(self.seed)
+        train = self._generate(self.n_train, rng)
+        test = self._generate(self.n_test, rng)
+        return train[0], train[1], test[0], test[1]
+
+
+class HFTextDataset(TextDataModule):
+    """A Hugging Face hub dataset by name, e.g. ``path=glue subset=sst2``."""
+
+    def __init__(
+        self,
+        path: str,
+        subset: str | None = None,
+        text_columns: list[str] = ("sentence",),
+        label_column: str = "label",
+        train_split: str = "train",
+        test_split: str = "validation",  # GLUE test labels are hidden
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.path, self.subset = path, subset
+        self.text_columns, self.label_column = list(text_columns), label_column
+        self.train_split, self.test_split = train_split, test_split
+        self.name = f"{path}-{subset}" if subset else path
+
+    def read(self):
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(
+                "dataset.path needs the `datasets` package: pip install -e '.[text]'"
+            ) from None
+        try:
+            data = datasets.load_dataset(self.path, self.subset)
+        except Exception as err:  # network, name, or cache problems: one clear line
+            raise DataError(
+                f"could not load {self.name} from the Hugging Face hub ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}); it needs a network the first time, or use "
+                "dataset=text_files with local CSV/JSON files, or dataset=sentiment_templates"
+            ) from None
+        return (*self._split(data[self.train_split]), *self._split(data[self.test_split]))
+
+    def _split(self, split) -> tuple[Texts, list[int]]:
+        cols = [split[c] for c in self.text_columns]
+        texts = cols[0] if len(cols) == 1 else list(zip(*cols))
+        return texts, list(split[self.label_column])
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataError(f"dataset file {path} does not exist; set dataset.train / dataset.test")
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    raise DataError(f"dataset file {path}: use .csv, .json (a list of objects) or .jsonl")
+
+
+class TextFiles(TextDataModule):
+    """Local files with text column(s) and a label column (labels: integers or names)."""
+
+    name = "text_files"
+
+    def __init__(
+        self,
+        train: str,
+        test: str,
+        text_columns: list[str] = ("text",),
+        label_column: str = "label",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.train_path, self.test_path = Path(train), Path(test)
+        self.text_columns, self.label_column = list(text_columns), label_column
+
+    def read(self):
+        train, test = _read_rows(self.train_path), _read_rows(self.test_path)
+        for path, rows in ((self.train_path, train), (self.test_path, test)):
+            missing = {*self.text_columns, self.label_column} - set(rows[0] if rows else {})
+            if missing:
+                raise DataError(f"{path} has no column(s) {sorted(missing)}")
+        raw = [r[self.label_column] for r in train + test]
+        names = sorted({str(v) for v in raw})
+        as_int = all(str(v).lstrip("-").isdigit() for v in raw)
+        index = {n: i for i, n in enumerate(names)}
+
+        def convert(rows):
+            cols = [[r[c] for r in rows] for c in self.text_columns]
+            texts = cols[0] if len(cols) == 1 else list(zip(*cols))
+            labels = [int(r[self.label_column]) if as_int else index[str(r[self.label_column])]
+                      for r in rows]  # fmt: skip
+            return texts, labels
+
+        return (*convert(train), *convert(test))

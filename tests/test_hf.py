@@ -99,3 +99,22 @@ def test_pretrained_minilm_clipping_exact(engine: str) -> None:
 def test_pretrained_weights_unavailable_offline_is_a_clear_error() -> None:
     with pytest.raises(PretrainedUnavailable, match="model.pretrained=false"):
         HFTextClassifier(2, name="bert-base-uncased")
+
+
+@pytest.mark.parametrize("scope", ["bias_only", "lora", "full"])
+def test_offline_minilm_experiment_runs_end_to_end(compose_cfg, tmp_path, scope: str) -> None:
+    import json
+
+    from dpresearch.train import run
+
+    cfg = compose_cfg([f"+experiment=minilm_sentiment_{scope}_dp", "logger=csv",
+                       "print_config=false", "trainer.enable_progress_bar=false",
+                       "trainer.max_epochs=1", "dataset.n_train=256", "dataset.n_test=64",
+                       f"dataset.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+    summary = run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and saved["engine"] == "bk"
+    assert saved["finetune"] == scope and saved["total_params"] > 22_000_000
+    fraction = {"bias_only": (1e-3, 2e-3), "lora": (1e-3, 1e-2), "full": (1.0, 1.0)}[scope]
+    assert fraction[0] <= saved["trainable_fraction"] <= fraction[1]
+    assert saved["test_accuracy"] is not None and 0 < saved["epsilon"] <= 3.0

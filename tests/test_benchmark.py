@@ -21,14 +21,17 @@ def test_benchmark_cli_writes_rows_for_every_method(tmp_path) -> None:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "dpresearch.benchmark", "bench.steps=2", "bench.warmup=1",
            "bench.batch_size=16", "sampler.max_physical_batch_size=8", f"bench.output={out}",
+           "bench.scopes=[full,bias_only]",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "WANDB_MODE": "disabled"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
-    rows = {r["method"]: r for r in record["rows"]}
-    assert list(rows) == ["nonprivate", "dp_hooks", "dp_ghost", "dp_bk"]
-    assert rows["nonprivate"]["ratio_to_nonprivate"] == 1.0
+    rows = {(r["scope"], r["method"]): r for r in record["rows"]}
+    methods = ["nonprivate", "dp_hooks", "dp_ghost", "dp_bk"]
+    assert list(rows) == [(s, m) for s in ("full", "bias_only") for m in methods]
+    assert rows["full", "nonprivate"]["ratio_to_nonprivate"] == 1.0
+    assert rows["bias_only", "dp_bk"]["memory_ratio_to_dp_full"] is not None
     for r in rows.values():
         assert r["examples_per_s"] > 0 and r["peak_memory_mb"] > 0
     assert record["config"]["bench"]["batch_size"] == 16

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dpresearch.benchmark.runner import benchmark, rows_as_dicts
+from dpresearch.finetune.scopes import BiasOnly, Full, HeadOnly, LoRA, Scope
 from dpresearch.train import build, resolve_device
 
 
@@ -29,21 +30,37 @@ def device_name(device: torch.device) -> str:
 
 def print_rows(rows: list[dict], title: str) -> None:
     table = Table(title=title)
-    for col in ("method", "examples/s", "ms/step", "peak MiB", "speed vs non-private",
-                "memory vs non-private"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "method" else "right")
+    for col in ("scope", "method", "examples/s", "ms/step", "peak MiB", "speed vs non-private",
+                "memory vs non-private", "speed vs non-private full"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("scope", "method") else "right")
+
+    def ratio(value):
+        return "n/a" if value is None else f"{value:.2f}x"
+
     for r in rows:
         table.add_row(
+            r["scope"],
             r["method"],
             f"{r['examples_per_s']:.1f}",
             f"{r['ms_per_step']:.1f}",
             f"{r['peak_memory_mb']:.1f}",
-            "n/a" if r["ratio_to_nonprivate"] is None else f"{r['ratio_to_nonprivate']:.2f}x",
-            "n/a"
-            if r["memory_ratio_to_nonprivate"] is None
-            else f"{r['memory_ratio_to_nonprivate']:.2f}x",
+            ratio(r["ratio_to_nonprivate"]),
+            ratio(r["memory_ratio_to_nonprivate"]),
+            ratio(r["ratio_to_nonprivate_full"]),
         )
     Console().print(table)
+
+
+SCOPES = {"full": Full, "head_only": HeadOnly, "bias_only": BiasOnly, "lora": LoRA}
+
+
+def scope_for(name: str, cfg: DictConfig) -> Scope:
+    """The scope called ``name``: the ``finetune`` group's own if it is that one (with its
+    overrides), else that scope with its defaults."""
+    if name not in SCOPES:
+        raise ValueError(f"bench.scopes: unknown scope {name!r}; choose from {list(SCOPES)}")
+    finetune = build(cfg.finetune)
+    return finetune if finetune.name == name else SCOPES[name]()
 
 
 def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dict:
@@ -53,12 +70,13 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
     clipping = build(cfg.clipping)
     sampling = build(cfg.sampler)
     model = build(cfg.model, **datamodule.model_kwargs())
-    model = build(cfg.finetune).apply(model)
+    scopes = {name: scope_for(name, cfg) for name in bench.scopes}
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     rows = benchmark(
         model,
         lambda seed: datamodule.synthetic_batch(bench.batch_size, seed),
         list(bench.methods),
+        scopes=scopes,
         optimizer_factory=hydra.utils.instantiate(cfg.optimizer),
         factors=clipping.factors,
         per_layer=clipping.per_layer,

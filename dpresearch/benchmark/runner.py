@@ -12,6 +12,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from rich.progress import Progress
@@ -19,8 +20,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpresearch.benchmark.memory import step_peak_mb
+from dpresearch.finetune.scopes import Scope
 from dpresearch.privacy.engines import ENGINES, make_engine
 from dpresearch.privacy.noise import add_noise
+from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
 
 NONPRIVATE = "nonprivate"
@@ -40,11 +43,14 @@ def parse_method(method: str) -> str | None:
 @dataclass
 class Row:
     method: str
+    scope: str
     examples_per_s: float
     ms_per_step: float
     peak_memory_mb: float
-    ratio_to_nonprivate: float | None = None
+    ratio_to_nonprivate: float | None = None  # against non-private, same scope
     memory_ratio_to_nonprivate: float | None = None
+    ratio_to_nonprivate_full: float | None = None  # against non-private full fine-tuning
+    memory_ratio_to_dp_full: float | None = None  # against the same DP method, full scope
 
 
 class Method:
@@ -53,6 +59,7 @@ class Method:
     def __init__(
         self,
         name: str,
+        scope: str,
         model: nn.Module,
         optimizer_factory: Callable,
         factors: Callable,
@@ -62,7 +69,7 @@ class Method:
         expected_batch_size: int,
         device: torch.device,
     ):
-        self.name = name
+        self.name, self.scope = name, scope
         self.model = model.to(device).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = optimizer_factory(params)
@@ -75,14 +82,14 @@ class Method:
         self.expected = expected_batch_size
         self.generator = torch.Generator(device=device).manual_seed(0)
 
-    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _losses(self, x: Any, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"example_losses": F.cross_entropy(self.model(x), y, reduction="none")}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        chunks = list(zip(x.split(self.physical), y.split(self.physical)))
+    def step(self, x: Any, y: torch.Tensor) -> None:
+        chunks = split_batch((x, y), self.physical)
         if self.engine is None:
             for xs, ys in chunks:
-                (self._losses(xs, ys)["example_losses"].sum() / len(x)).backward()
+                (self._losses(xs, ys)["example_losses"].sum() / len(y)).backward()
         else:
             for xs, ys in chunks:
                 self.engine.run(lambda xs=xs, ys=ys: self._losses(xs, ys))
@@ -101,11 +108,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj.to(device)
+
+
 def benchmark(
     model: nn.Module,
-    make_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    make_batch: Callable[[int], tuple[Any, torch.Tensor]],
     methods: list[str],
     *,
+    scopes: dict[str, Scope] | None = None,
     optimizer_factory: Callable,
     factors: Callable,
     per_layer: bool = False,
@@ -116,7 +132,8 @@ def benchmark(
     noise_std: float,
     device: torch.device,
 ) -> list[Row]:
-    """Time ``methods`` round by round; returns one row per method (ratios filled in)."""
+    """Time every method under every scope (default: the model as given, called "full"),
+    round by round; returns one row per (scope, method) with the ratios filled in."""
     if not methods:
         raise ValueError("bench.methods is empty; e.g. bench.methods=[nonprivate,dp_bk]")
     for m in methods:
@@ -126,10 +143,12 @@ def benchmark(
             f"need bench.steps >= 1, bench.warmup >= 0, bench.batch_size >= 1; got "
             f"{steps}, {warmup}, {batch_size}"
         )
+    scopes = scopes or {"full": None}
     runners = [
         Method(
             m,
-            copy.deepcopy(model),
+            name,
+            scope.apply(copy.deepcopy(model)) if scope else copy.deepcopy(model),
             optimizer_factory,
             factors=factors,
             per_layer=per_layer,
@@ -138,14 +157,15 @@ def benchmark(
             expected_batch_size=batch_size,
             device=device,
         )
+        for name, scope in scopes.items()
         for m in methods
     ]
-    seconds = {m: 0.0 for m in methods}
+    seconds = {(r.scope, r.name): 0.0 for r in runners}
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task("benchmark rounds", total=warmup + steps)
             for r in range(warmup + steps):
-                x, y = (t.to(device) for t in make_batch(r))
+                x, y = to_device(make_batch(r), device)
                 order = runners[r % len(runners) :] + runners[: r % len(runners)]
                 for runner in order:
                     _sync(device)
@@ -153,25 +173,32 @@ def benchmark(
                     runner.step(x, y)
                     _sync(device)
                     if r >= warmup:
-                        seconds[runner.name] += time.perf_counter() - t0
+                        seconds[runner.scope, runner.name] += time.perf_counter() - t0
                 progress.advance(task)
-            x, y = (t.to(device) for t in make_batch(warmup + steps))
+            x, y = to_device(make_batch(warmup + steps), device)
             peaks = {
-                r.name: step_peak_mb(lambda r=r: r.step(x, y), r.model, r.optimizer, device)
+                (r.scope, r.name): step_peak_mb(
+                    lambda r=r: r.step(x, y), r.model, r.optimizer, device
+                )
                 for r in runners
             }
     finally:
         for runner in runners:
             runner.close()
     rows = [
-        Row(m, batch_size * steps / seconds[m], 1000 * seconds[m] / steps, peaks[m])
-        for m in methods
+        Row(method, scope, batch_size * steps / t, 1000 * t / steps, peaks[scope, method])
+        for (scope, method), t in seconds.items()
     ]
-    base = next((row for row in rows if row.method == NONPRIVATE), None)
-    if base is not None:
-        for row in rows:
+    find = {(row.scope, row.method): row for row in rows}
+    for row in rows:
+        base = find.get((row.scope, NONPRIVATE))
+        if base is not None:
             row.ratio_to_nonprivate = row.examples_per_s / base.examples_per_s
             row.memory_ratio_to_nonprivate = row.peak_memory_mb / base.peak_memory_mb
+        if (full := find.get(("full", NONPRIVATE))) is not None:
+            row.ratio_to_nonprivate_full = row.examples_per_s / full.examples_per_s
+        if (dp_full := find.get(("full", row.method))) is not None:
+            row.memory_ratio_to_dp_full = row.peak_memory_mb / dp_full.peak_memory_mb
     return rows
 
 

@@ -27,7 +27,7 @@ class TextDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        tokenizer: str,
+        tokenizer: str | None,
         num_classes: int,
         max_length: int = 128,
         cache_dir: str = "data/text_cache",
@@ -54,6 +54,12 @@ class TextDataModule(ClassificationDataModule):
         if self._tokenizer is None:
             from dpresearch.models.hf import load_tokenizer
 
+            if not self.tokenizer_name:
+                raise DataError(
+                    "text datasets are tokenized with the model's tokenizer, and this model "
+                    "has none: use a Hugging Face model (model=minilm or model=hf_text) or set "
+                    "dataset.tokenizer=<name or folder>"
+                )
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 

@@ -179,12 +179,27 @@ RULES: dict[type, Callable[..., list[PerExample]]] = {
     ClassToken: class_token,
 }
 
-try:  # GPT-2's linear layers, when transformers is installed
+
+def hf_vit_embeddings(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
+    """Hugging Face ViTEmbeddings: cat(cls_token, patches) + position_embeddings (dropout 0,
+    checked), so the class token's per-example gradient is B[:, 0] and the position
+    embedding's is B. Its patch projection is a Conv2d with its own rule."""
+    out = []
+    if _wants(m.cls_token, trainable):
+        out.append(_materialized(m.cls_token, b[:, :1]))
+    if _wants(m.position_embeddings, trainable):
+        out.append(_materialized(m.position_embeddings, b))
+    return out
+
+
+try:  # Hugging Face layers, when transformers is installed
+    from transformers.models.vit.modeling_vit import ViTEmbeddings as _HFViTEmbeddings
     from transformers.pytorch_utils import Conv1D as _HFConv1D
 
-    RULES[_HFConv1D] = hf_conv1d
+    RULES[_HFConv1D] = hf_conv1d  # GPT-2's linear layers
+    RULES[_HFViTEmbeddings] = hf_vit_embeddings
 except ImportError:  # pragma: no cover
-    pass
+    _HFViTEmbeddings = None
 
 # Layers whose rule reads only the output gradient, never the input.
 OUTPUT_ONLY = (PositionEmbedding, ClassToken)
@@ -199,6 +214,9 @@ def unsupported_reason(m: nn.Module) -> str | None:
             return f"bk handles convolutions with groups=1 only (groups={m.groups})"
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             return "bk handles numeric zero padding only (padding_mode='zeros', int padding)"
+    if _HFViTEmbeddings is not None and isinstance(m, _HFViTEmbeddings):
+        if getattr(m, "mask_token", None) is not None or m.dropout.p > 0:
+            return "bk handles ViTEmbeddings without mask token and with dropout 0 only"
     if isinstance(m, nn.Embedding) and (m.max_norm is not None or m.sparse or
                                         m.scale_grad_by_freq):  # fmt: skip
         return "bk handles plain embeddings only (no max_norm, sparse or scale_grad_by_freq)"

@@ -108,9 +108,12 @@ def losses(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
 def engine_sum(
     model: nn.Module, x, y, engine: str, factors, chunks: int = 1, per_layer: bool = False
 ):
+    """The engine's clipped sum over ``chunks`` physical batches (inputs: tensor or dict)."""
+    from dpresearch.privacy.strategy import split_batch
+
     eng = make_engine(engine, model, factors, per_layer)
     try:
-        for xs, ys in zip(x.chunk(chunks), y.chunk(chunks)):
+        for xs, ys in split_batch((x, y), -(-len(y) // chunks)):
             eng.run(partial(losses, model, xs, ys))
         return eng.take_sums(), eng
     finally:

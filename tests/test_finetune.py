@@ -13,7 +13,14 @@ from dpresearch.finetune import BiasOnly, Full, HeadOnly, LoRA
 from dpresearch.privacy.engines import make_engine
 from dpresearch.privacy.spec import FixedClipping
 from tests.conftest import dp_strategy, fit_batches
-from tests.test_engines import assert_sums_close, brute_force_sum, data, text_transformer, vit_micro
+from tests.test_engines import (
+    assert_sums_close,
+    brute_force_sum,
+    data,
+    engine_sum,
+    text_transformer,
+    vit_micro,
+)
 
 SCOPES = {
     "full": Full,
@@ -63,14 +70,7 @@ def test_clipping_exact_under_every_scope(scope: str, engine: str) -> None:
     x, y = data("text", 6)
     factors = FixedClipping(max_grad_norm=0.05).factors
     want = brute_force_sum(copy.deepcopy(model), x, y, factors)
-    eng = make_engine(engine, model, factors)
-    try:
-        for xs, ys in zip(x.chunk(2), y.chunk(2)):
-            eng.run(lambda xs=xs, ys=ys: {
-                "example_losses": F.cross_entropy(model(xs), ys, reduction="none")})  # fmt: skip
-        got = eng.take_sums()
-    finally:
-        eng.close()
+    got, _ = engine_sum(model, x, y, engine, factors, chunks=2)
     assert len(got) == len(want) == sum(p.requires_grad for p in model.parameters())
     assert_sums_close(got, want)
 

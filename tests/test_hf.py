@@ -11,10 +11,9 @@ from torch.nn import functional as F
 
 from dpresearch.finetune import BiasOnly, Full, LoRA
 from dpresearch.models.hf import HFTextClassifier, PretrainedUnavailable
-from dpresearch.privacy.engines import make_engine
 from dpresearch.privacy.spec import FixedClipping
 from dpresearch.privacy.validation import resolve_engine
-from tests.test_engines import assert_sums_close
+from tests.test_engines import assert_sums_close, engine_sum
 
 NO_DROPOUT = {
     "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
@@ -63,12 +62,7 @@ def check_exact(model, engine: str, n: int = 4, length: int = 8) -> None:
     inputs, y = batch(n, length)
     factors = FixedClipping(max_grad_norm=0.1).factors
     want = per_example_reference(copy.deepcopy(model), inputs, y, factors)
-    eng = make_engine(engine, model, factors)
-    try:
-        eng.run(lambda: {"example_losses": F.cross_entropy(model(inputs), y, reduction="none")})
-        got = eng.take_sums()
-    finally:
-        eng.close()
+    got, _ = engine_sum(model, inputs, y, engine, factors)
     assert_sums_close(got, want)
 
 

@@ -8,15 +8,13 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from dpresearch.finetune import BiasOnly, Full, LoRA
 from dpresearch.models.hf import PretrainedUnavailable
 from dpresearch.models.hf_vision import HFImageClassifier, TimmClassifier
-from dpresearch.privacy.engines import make_engine
 from dpresearch.privacy.spec import FixedClipping
 from dpresearch.privacy.validation import resolve_engine
-from tests.test_engines import assert_sums_close, brute_force_sum
+from tests.test_engines import assert_sums_close, brute_force_sum, engine_sum
 
 SIZES = {
     "vit": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -47,12 +45,7 @@ def test_bk_exact_on_hf_vision_backbones(architecture: str, scope) -> None:
     x, y = torch.randn(5, 3, size, size), torch.randint(0, 4, (5,))
     factors = FixedClipping(max_grad_norm=0.1).factors
     want = brute_force_sum(copy.deepcopy(model), x, y, factors)
-    eng = make_engine("bk", model, factors)
-    try:
-        eng.run(lambda: {"example_losses": F.cross_entropy(model(x), y, reduction="none")})
-        got = eng.take_sums()
-    finally:
-        eng.close()
+    got, _ = engine_sum(model, x, y, "bk", factors)
     assert_sums_close(got, want)
 
 

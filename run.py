@@ -6,13 +6,15 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict:
     from dpresearch.train import run
 
     hydra_cfg = HydraConfig.get()
-    summary = run(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
-    return summary.get("val_accuracy")
+    return run(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
 
 
 if __name__ == "__main__":
+    from dpresearch.sweeps.sweeper import register
+
+    register()  # our Optuna sweeper, for `-m hparams_search=...`
     main()

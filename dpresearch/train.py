@@ -39,6 +39,17 @@ def instantiate_trainer(node: DictConfig, **kwargs) -> pl.Trainer:
     return instantiate(OmegaConf.masked_copy(node, [k for k in node if k != "compile"]), **kwargs)
 
 
+def trial_pruning(cfg: DictConfig):
+    """The Optuna pruning callback when this run is a sweep trial with a pruner."""
+    trial = cfg.get("sweep_trial")
+    if not trial or not trial.get("prune", False):
+        return None
+    from dpresearch.sweeps.pruning import TrialPruning
+
+    pruner = OmegaConf.to_container(trial.pruner) if trial.get("pruner") else None
+    return TrialPruning(trial.storage, trial.study, int(trial.trial_id), pruner)
+
+
 def resolve_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError("trainer.accelerator=gpu but no CUDA device is visible; use cpu")
@@ -99,6 +110,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
         callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
+        pruning = trial_pruning(cfg)
+        if pruning is not None:
+            callbacks.append(pruning)
         trainer = instantiate_trainer(
             cfg.trainer,
             strategy=strategy,
@@ -125,7 +139,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         summary["epochs"] = trainer.current_epoch
         test = trainer.test(module, datamodule=datamodule, verbose=False)
         summary["test_accuracy"] = test[0].get("test_acc") if test else None
-        summary["status"] = "completed"
+        summary["status"] = "pruned" if pruning is not None and pruning.pruned else "completed"
     except BaseException as err:
         summary["status"] = "failed"
         summary["error"] = f"{type(err).__name__}: {err}"

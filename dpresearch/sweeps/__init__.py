@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: our Hydra sweeper on current Optuna, pruning, and result figures."""

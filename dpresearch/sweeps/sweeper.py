@@ -1,0 +1,183 @@
+"""A Hydra sweeper on current Optuna (the hydra-optuna-sweeper plugin pins optuna < 3).
+
+`python run.py -m hparams_search=lr_vs_clip +experiment=NAME`: every batch of ``n_jobs`` trials
+is asked from the study, launched through Hydra's configured launcher (local, or SLURM job
+arrays via submitit), and told back: the objective from the run's summary, or FAIL with the
+reason (a crash, a NaN, an impossible privacy target), or PRUNED. The study lives in persistent
+storage (SQLite in the sweep folder by default), so an interrupted sweep resumes, and several
+workers (SLURM jobs) can share one study: each stops when the study holds ``n_trials``
+finished trials. After every batch, trials.csv and the figure are rewritten.
+
+Hydra loads sweepers only from the ``hydra_plugins`` package; ``register()`` (called by
+run.py) enters this class there, so the project needs no extra top-level package.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from dpresearch.sweeps.results import plot, write_trials
+from dpresearch.sweeps.study import (
+    distributions,
+    finished_trials,
+    make_pruner,
+    make_sampler,
+    make_storage,
+)
+
+log = logging.getLogger(__name__)
+PLUGIN_MODULE = "hydra_plugins.dpresearch_optuna_sweeper"
+
+
+class OptunaSweeperImpl(Sweeper):
+    def __init__(
+        self,
+        objective: str = "val_accuracy",
+        direction: str = "maximize",
+        study_name: str = "sweep",
+        storage: str | None = None,
+        sampler: dict | None = None,
+        pruner: dict | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        params: dict | None = None,
+    ):
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize: {direction}")
+        if n_trials < 1 or n_jobs < 1:
+            raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
+        self.objective, self.direction = objective, direction
+        self.study_name, self.storage_url = study_name, storage
+        self.sampler_spec = dict(sampler or {})
+        self.pruner_spec = dict(pruner) if pruner else None
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.space = distributions(params or {})
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.job_idx = 0
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _fixed_overrides(self, arguments: list[str]) -> list[str]:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                raise ValueError(
+                    f"{override.input_line}: the Optuna sweeper searches hydra.sweeper.params; "
+                    "for a grid of listed values use the basic sweeper (drop hparams_search)"
+                )
+            if override.get_key_element() in self.space:
+                raise ValueError(f"{override.input_line}: that parameter is being searched")
+        return list(arguments)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        fixed = self._fixed_overrides(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        url = self.storage_url or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=make_storage(url),
+            sampler=make_sampler(self.sampler_spec, self.space),
+            pruner=make_pruner(self.pruner_spec),
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        done = finished_trials(study)
+        log.info("study %s in %s: %d of %d trials finished", self.study_name, url, done,
+                 self.n_trials)  # fmt: skip
+        self.job_idx = len(study.trials)
+        while (done := finished_trials(study)) < self.n_trials:
+            batch = min(self.n_jobs, self.n_trials - done)
+            trials = [study.ask(self.space) for _ in range(batch)]
+            overrides = [self._overrides(t, fixed, url) for t in trials]
+            results = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(overrides)
+            for trial, result in zip(trials, results):
+                self._tell(study, trial, result)
+            self._write_results(study, sweep_dir)
+        best = self._best(study)
+        if best is not None:
+            log.info("best trial %d: %s = %.4f with %s", best.number, self.objective,
+                     best.value, best.params)  # fmt: skip
+        return study
+
+    def _overrides(self, trial: optuna.Trial, fixed: list[str], url: str) -> list[str]:
+        params = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                  for k, v in trial.params.items()]  # fmt: skip
+        meta = [f"+sweep_trial.trial_id={trial._trial_id}", f"+sweep_trial.number={trial.number}",
+                f"+sweep_trial.study={self.study_name}", f"+sweep_trial.storage='{url}'",
+                f"+sweep_trial.prune={self.pruner_spec is not None}"]  # fmt: skip
+        for key, value in (self.pruner_spec or {}).items():  # the trial rebuilds the pruner
+            meta.append(f"+sweep_trial.pruner.{key}={value}")
+        return [*fixed, *params, *meta]
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if result.status == JobStatus.FAILED:
+            err = result._return_value
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            self._fail(study, trial, reason)
+            return
+        summary = result.return_value
+        if isinstance(summary, dict):
+            trial.set_user_attr("output_dir", str(summary.get("output_dir", "")))
+        status = summary.get("status") if isinstance(summary, dict) else None
+        if status == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        value = summary.get(self.objective) if isinstance(summary, dict) else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            self._fail(study, trial, f"objective {self.objective} is {value!r}")
+            return
+        study.tell(trial, float(value))
+
+    @staticmethod
+    def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+        log.warning("trial %d failed: %s (the study goes on)", trial.number, reason)
+        trial.set_user_attr("reason", reason[:500])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _best(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+        try:
+            return study.best_trial
+        except ValueError:  # no completed trial
+            return None
+
+    def _write_results(self, study: optuna.Study, sweep_dir: Path) -> None:
+        rows = write_trials(study, sweep_dir / "trials.csv")
+        name = "heatmap.png" if len(self.space) == 2 else "curve.png"
+        plot(rows, list(self.space), self.objective, sweep_dir / name)
+
+
+def register() -> None:
+    """Enter the sweeper into Hydra's plugin registry under the hydra_plugins package."""
+    module = sys.modules.get(PLUGIN_MODULE)
+    if module is None:
+        module = types.ModuleType(PLUGIN_MODULE)
+        sys.modules[PLUGIN_MODULE] = module
+    cls = type("OptunaSweeper", (OptunaSweeperImpl,), {"__module__": PLUGIN_MODULE})
+    module.OptunaSweeper = cls
+    Plugins.instance().class_name_to_class[f"{PLUGIN_MODULE}.OptunaSweeper"] = cls

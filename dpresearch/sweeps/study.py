@@ -30,11 +30,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
 
 
 def distributions(params: Mapping[str, Mapping[str, Any]]) -> dict:
-    """{'optimizer.lr': {type: float, low, high, log}, 'x': {type: categorical, choices}}."""
+    """{name: {key: optimizer.lr, type: float, low, high, log}} or {type: categorical,
+    choices: [...]}, by config key. Short names keep command-line overrides readable
+    (hydra.sweeper.params.lr.high=0.1); the key is the config path a trial overrides."""
     if not params:
         raise ValueError("hydra.sweeper.params is empty: nothing to search")
     out = {}
-    for key, spec in params.items():
+    for name, spec in params.items():
+        key = spec.get("key", name)
         kind = spec.get("type")
         if kind == "float":
             out[key] = optuna.distributions.FloatDistribution(
@@ -48,7 +51,7 @@ def distributions(params: Mapping[str, Mapping[str, Any]]) -> dict:
             out[key] = optuna.distributions.CategoricalDistribution(list(spec["choices"]))
         else:
             raise ValueError(
-                f"hydra.sweeper.params.{key}: type must be float, int or categorical, got {kind!r}"
+                f"hydra.sweeper.params.{name}: type must be float, int or categorical, got {kind!r}"
             )
     return out
 
@@ -70,8 +73,20 @@ def make_sampler(spec: Mapping[str, Any], space: dict) -> optuna.samplers.BaseSa
                     "{type: categorical, choices: [...]}"
                 )
             grid[key] = list(dist.choices)
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _AskTellGrid(grid, seed=seed)
     raise ValueError(f"hydra.sweeper.sampler.name must be one of {SAMPLERS}, got {name!r}")
+
+
+class _AskTellGrid(optuna.samplers.GridSampler):
+    """GridSampler calls study.stop() when the grid is used up, which only works inside
+    study.optimize; the sweeper asks and tells, and stops at n_trials (capped at the grid)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+    @property
+    def size(self) -> int:
+        return len(self._all_grids)
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:

@@ -104,6 +104,10 @@ class OptunaSweeperImpl(Sweeper):
             direction=self.direction,
             load_if_exists=True,
         )
+        sampler_size = getattr(study.sampler, "size", None)
+        if sampler_size is not None and self.n_trials > sampler_size:
+            log.info("n_trials=%d capped at the grid's %d points", self.n_trials, sampler_size)
+            self.n_trials = sampler_size
         done = finished_trials(study)
         log.info("study %s in %s: %d of %d trials finished", self.study_name, url, done,
                  self.n_trials)  # fmt: skip

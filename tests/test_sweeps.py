@@ -1,0 +1,102 @@
+"""Optuna sweeps through `python run.py -m hparams_search=...`: resume from storage after an
+interruption, failed and pruned trials, the trials table and the heatmap's data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["logger=none", "print_config=false", "trainer.enable_progress_bar=false",
+        "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]  # fmt: skip
+
+
+def sweep(sweep_dir: Path, *args: str, wait: bool = True):
+    cmd = [sys.executable, "run.py", "-m", *FAST, f"hydra.sweep.dir={sweep_dir}", *args]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def load(sweep_dir: Path, name: str = "digits_dp") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state.is_finished()]
+
+
+def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None:
+    args = ["hparams_search=lr_vs_clip", "hydra.sweeper.n_trials=5",
+            "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=2"]  # fmt: skip
+    proc = sweep(tmp_path, *args, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once 3 trials are finished
+        time.sleep(1)
+        if (tmp_path / "optuna.db").exists():
+            try:
+                if len(finished(load(tmp_path))) >= 3:
+                    break
+            except KeyError:  # the study is not created yet
+                pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in finished(load(tmp_path))}
+    assert 3 <= len(before) < 5, "interrupt the study before it completes"
+    sweep(tmp_path, *args)  # resume
+    study = load(tmp_path)
+    after = finished(study)
+    assert len(after) == 5
+    assert {t.number: t.value for t in after if t.number in before} == before  # kept
+    complete = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value)
+    assert study.best_trial.params == best.params
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert {int(r["number"]) for r in rows if r["state"] != "RUNNING"} == {t.number for t in after}
+    plotted = list(csv.DictReader((tmp_path / "heatmap.csv").open()))
+    table = {r["number"]: r for r in rows if r["state"] == "COMPLETE"}
+    assert (tmp_path / "heatmap.png").stat().st_size > 0 and len(plotted) == len(table)
+    for p in plotted:  # the figure's data are the table's
+        r = table[p["number"]]
+        assert float(p["optimizer.lr"]) == pytest.approx(float(r["param:optimizer.lr"]))
+        assert float(p["val_accuracy"]) == pytest.approx(float(r["value"]))
+
+
+def test_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path) -> None:
+    sweep(tmp_path, "hparams_search=lr_only", "hydra.sweeper.sampler.name=grid",
+          "hydra.sweeper.n_trials=3", "trainer.max_epochs=1",
+          "~hydra.sweeper.params.lr",
+          "+hydra.sweeper.params.clip={key: clipping.max_grad_norm, type: categorical, "
+          "choices: [0.5, -1.0, 2.0]}")  # fmt: skip
+    trials = sorted(load(tmp_path).get_trials(), key=lambda t: t.params["clipping.max_grad_norm"])
+    states = [t.state.name for t in trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "max_grad_norm" in trials[0].user_attrs["reason"]
+
+
+def test_hopeless_trials_are_pruned_during_training(tmp_path) -> None:
+    sweep(tmp_path, "hparams_search=lr_only", "hydra.sweeper.n_trials=2", "trainer.max_epochs=4",
+          "hydra.sweeper.pruner.name=threshold", "+hydra.sweeper.pruner.lower=1.01",
+          "hydra.sweeper.pruner.n_warmup_steps=0")  # fmt: skip
+    trials = load(tmp_path).get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(len(t.intermediate_values) == 1 for t in trials)  # stopped after epoch 1
+
+
+def test_grid_sweep_with_the_basic_sweeper_still_works(tmp_path) -> None:
+    sweep(
+        tmp_path, "optimizer.lr=0.01,0.02", "clipping.max_grad_norm=0.5,1", "trainer.max_epochs=1"
+    )
+    assert len(list(tmp_path.glob("*/summary.json"))) == 4

@@ -109,5 +109,25 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)  # fmt: skip
 
 
+def open_study(url: str, name: str, sampler, pruner, direction: str) -> optuna.Study:
+    """Create or load the study. Workers started together (a SLURM array) race to create the
+    storage's tables and the study; the losers retry and load what the winner made."""
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(20):
+        try:
+            return optuna.create_study(study_name=name, storage=make_storage(url),
+                                       sampler=sampler, pruner=pruner, direction=direction,
+                                       load_if_exists=True)  # fmt: skip
+        except (IntegrityError, OperationalError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == 19:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -34,7 +34,7 @@ from dpresearch.sweeps.study import (
     finished_trials,
     make_pruner,
     make_sampler,
-    make_storage,
+    open_study,
 )
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,8 @@ class OptunaSweeperImpl(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = self.storage_url or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=make_storage(url),
-            sampler=make_sampler(self.sampler_spec, self.space),
-            pruner=make_pruner(self.pruner_spec),
-            direction=self.direction,
-            load_if_exists=True,
-        )
+        study = open_study(url, self.study_name, make_sampler(self.sampler_spec, self.space),
+                           make_pruner(self.pruner_spec), self.direction)  # fmt: skip
         sampler_size = getattr(study.sampler, "size", None)
         if sampler_size is not None and self.n_trials > sampler_size:
             log.info("n_trials=%d capped at the grid's %d points", self.n_trials, sampler_size)

@@ -1,0 +1,94 @@
+"""Against a REAL SLURM scheduler started on this machine (see slurm_cluster.py): a Hydra
+multirun through the submitit launcher, the sbatch templates, and Optuna workers sharing one
+study. Skipped, saying why, where SLURM cannot be started (not root, no apt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests import slurm_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=1", "privacy.target_epsilon=null",
+        "privacy.noise_multiplier=1.0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        env = slurm_cluster.start(folder)
+    except slurm_cluster.Unavailable as err:
+        pytest.skip(f"no real SLURM here: {err}")
+    env.update(WANDB_MODE="disabled", HYDRA_FULL_ERROR="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # fmt: skip
+    yield env
+    slurm_cluster.stop(folder)
+
+
+def summaries(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("summary.json"))]
+
+
+def test_multirun_through_the_submitit_slurm_launcher(slurm, tmp_path) -> None:
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=slurm",
+           f"hydra.launcher.partition={slurm_cluster.PARTITION}", "hydra.launcher.gpus_per_node=0",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+           "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path}",
+           "optimizer.lr=0.01,0.02", *FAST]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = summaries(tmp_path)
+    assert len(done) == 2 and all(s["status"] == "completed" for s in done)
+    assert list((tmp_path / ".submitit").iterdir())  # ran as SLURM jobs, not locally
+
+
+def sbatch(env: dict, *args: str) -> None:
+    """Submit and wait until the job (array) has left the queue (polling every second:
+    `sbatch --wait` backs off to half a minute between polls)."""
+    cmd = ["sbatch", "--parsable", "--mem=2G", "--cpus-per-task=1", *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    job = result.stdout.strip().split(";")[0]
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
+                               text=True).stdout.strip()  # fmt: skip
+        if not queue:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"SLURM job {job} still queued or running after 600 s")
+
+
+def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
+    out = tmp_path / "out"
+    sbatch(slurm, f"--output={tmp_path}/run-%j.out", "slurm/run.sbatch", *FAST,
+           f"hydra.run.dir={out}/single")  # fmt: skip
+    grid = tmp_path / "grid.txt"
+    grid.write_text("optimizer.lr=0.01\noptimizer.lr=0.02\n")
+    env = {**slurm, "DPRESEARCH_OUT": str(out / "sweep")}
+    sbatch(env, "--array=1-2", f"--output={tmp_path}/sweep-%A_%a.out", "slurm/sweep.sbatch",
+           str(grid), *FAST)  # fmt: skip
+    assert summaries(out / "single")[0]["status"] == "completed"
+    swept = summaries(out / "sweep")
+    assert sorted(s["seed"] for s in swept) == [0, 0] and len(swept) == 2
+    assert all(s["status"] == "completed" for s in swept)
+
+
+def test_optuna_workers_share_one_study(slurm, tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    env = {**slurm, "STUDY": "shared", "STORAGE": storage}
+    sbatch(env, "--array=0-1", f"--output={tmp_path}/opt-%A_%a.out", "slurm/optuna_workers.sbatch",
+           "hparams_search=lr_only", "hydra.sweeper.n_trials=4", *FAST)  # fmt: skip
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    assert len(finished) >= 4 and study.best_trial.value is not None

@@ -100,3 +100,20 @@ def test_grid_sweep_with_the_basic_sweeper_still_works(tmp_path) -> None:
         tmp_path, "optimizer.lr=0.01,0.02", "clipping.max_grad_norm=0.5,1", "trainer.max_epochs=1"
     )
     assert len(list(tmp_path.glob("*/summary.json"))) == 4
+
+
+@pytest.mark.parametrize(
+    "search", sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml"))
+)
+def test_every_hparams_search_composes_into_a_valid_sweeper(compose_cfg, search: str) -> None:
+    from omegaconf import OmegaConf
+
+    from dpresearch.sweeps.study import make_sampler
+    from dpresearch.sweeps.sweeper import OptunaSweeperImpl
+
+    cfg = compose_cfg([f"hparams_search={search}"], return_hydra_config=True)
+    spec = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    assert spec.pop("_target_").endswith("OptunaSweeper")
+    sweeper = OptunaSweeperImpl(**{k: v for k, v in spec.items() if k != "study_name"})
+    assert set(sweeper.space) <= {"optimizer.lr", "clipping.max_grad_norm"}
+    make_sampler(sweeper.sampler_spec, sweeper.space)  # a grid has categorical values

@@ -12,3 +12,5 @@ python run.py -m hparams_search=lr_vs_clip_grid clipping=fixed "${common[@]}" \
 python run.py -m hparams_search=lr_grid clipping=automatic "${common[@]}" \
   hydra.sweeper.study_name=automatic hydra.sweep.dir=$out/automatic
 python experiments/sweeps/collect.py $out/fixed $out/automatic
+cp $out/fixed/trials.csv experiments/sweeps/trials_fixed.csv
+cp $out/automatic/trials.csv experiments/sweeps/trials_automatic.csv

@@ -1,0 +1,59 @@
+"""One self-contained HTML page (figures embedded as data URIs, no scripts) per report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    body = "".join(
+        f"<tr class='{html.escape(str(r.get('status', '')))}'>"
+        + "".join(f"<td data-key='{key}'>{fmt(r.get(key))}</td>" for key, _ in columns)
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (
+        f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+    )
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+tr.failed { background: #fdd; } tr.running { background: #ffd; }
+figure { display: inline-block; margin: 0.5em; } img { max-width: 640px; }
+"""
+
+
+def page(title: str, sections: list[str]) -> str:
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(sections)
+        + "</body></html>"
+    )

@@ -1,0 +1,88 @@
+"""Read the local record every run leaves (summary.json, metrics.jsonl, config.yaml) into
+one table, whatever state the run is in: completed, failed, or still running."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class Run:
+    folder: Path
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status") or "running"
+
+    @property
+    def dataset(self) -> str:
+        if self.summary.get("dataset"):
+            return str(self.summary["dataset"])
+        target = self.config.get("dataset", {}).get("_target_", "?")
+        try:  # a run still going has no summary yet: the data module's own name
+            from hydra.utils import get_class
+
+            return str(get_class(target).name)
+        except Exception:
+            return target.rsplit(".", 1)[-1]
+
+    @property
+    def method(self) -> str:
+        s = self.summary
+        if s.get("private") is False:
+            return f"non-private/{s.get('finetune') or 'full'}"
+        parts = [s.get("clipping") or "?", s.get("engine") or "?", s.get("finetune") or "full"]
+        if s.get("sampler") not in (None, "poisson"):
+            parts.append(s["sampler"])
+        return "/".join(str(p) for p in parts)
+
+    @property
+    def epsilon(self) -> float:
+        """The spent epsilon (inf for non-private runs)."""
+        if self.summary.get("private") is False:
+            return math.inf
+        eps = self.summary.get("epsilon")
+        return float(eps) if eps is not None else math.nan
+
+    def param(self, dotted: str):
+        node = self.config
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+
+def load_run(folder: Path) -> Run:
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    metrics = []
+    if (folder / "metrics.jsonl").exists():
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            try:
+                metrics.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written by a running job
+                continue
+    config = {}
+    if (folder / "config.yaml").exists():
+        config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return Run(folder, summary, metrics, config)
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    """Every run folder (one with summary.json or config.yaml) below ``roots``."""
+    folders = set()
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist")
+        for name in ("summary.json", "config.yaml"):
+            folders.update(p.parent for p in root.rglob(name) if ".hydra" not in p.parts)
+    return [load_run(f) for f in sorted(folders)]

@@ -1,0 +1,102 @@
+"""The offline report from fake run folders: every figure, numbers equal to the summaries,
+failed and running runs shown as such, one panel per dataset."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import yaml
+
+from dpresearch.report.__main__ import build_report
+
+
+def fake_run(root: Path, name: str, **summary) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"dataset": {"_target_": "dpresearch.data.digits.DigitsDataModule"},
+              "optimizer": {"lr": summary.pop("lr", 0.01)},
+              "clipping": {"max_grad_norm": summary.pop("clip", 1.0)}}  # fmt: skip
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if summary.get("status") != "running":
+        base = {"dataset": "digits", "clipping": "fixed", "engine": "bk", "finetune": "full",
+                "sampler": "poisson", "private": True, "seed": 0, "train_examples_per_s": 1000.0,
+                "peak_memory_mb": 500.0, "wall_s": 10.0, "val_accuracy": 0.5}  # fmt: skip
+        (folder / "summary.json").write_text(json.dumps({**base, **summary}))
+    metrics = [{"stage": "val", "epoch": e, "val_acc": 0.1 * (e + 1)} for e in range(3)]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n{bro")
+    return folder
+
+
+class Tables(HTMLParser):
+    """Cells of every <table class=...> by their data-key."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[dict]] = {}
+        self.current = self.key = None
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":  # digits' tables come first; later datasets' get "#2", ...
+            name = attrs.get("class", "")
+            while name in self.tables:
+                name += "#2"
+            self.current = self.tables.setdefault(name, [])
+        elif tag == "tr" and self.current is not None:
+            self.current.append({})
+        elif tag == "td":
+            self.key = attrs.get("data-key")
+        elif tag == "img":
+            self.images.append(attrs["alt"])
+
+    def handle_data(self, data):
+        if self.key and self.current:
+            self.current[-1][self.key] = data
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self.current and not self.current[-1]:
+            self.current.pop()  # the header row
+        if tag == "td":
+            self.key = None
+        if tag == "table":
+            self.current = None
+
+
+def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    for seed, acc in enumerate([0.61, 0.65]):
+        for eps, clip_acc in ((1.0, 0.0), (4.0, 0.1)):
+            for clipping, extra in (("fixed", 0.0), ("automatic", 0.02)):
+                fake_run(runs, f"{clipping}-{eps}-{seed}", status="completed", seed=seed,
+                         clipping=clipping, target_epsilon=eps, epsilon=eps * 0.99,
+                         test_accuracy=acc + clip_acc + extra,
+                         lr=0.01 * (seed + 1), clip=eps)  # fmt: skip
+    fake_run(runs, "nonprivate", status="completed", private=False, test_accuracy=0.95,
+             train_examples_per_s=4000.0)  # fmt: skip
+    fake_run(runs, "crashed", status="failed", error="PrivacyConfigError: delta >= 1/N")
+    fake_run(runs, "going", status="running")
+    fake_run(runs / "text", "t", status="completed", dataset="sentiment_templates",
+             test_accuracy=0.8, target_epsilon=3.0, epsilon=2.98)  # fmt: skip
+    report = build_report([runs], tmp_path / "out")
+    parsed = Tables()
+    parsed.feed(report.read_text())
+    for fig in ("accuracy vs epsilon (digits)", "throughput per method (digits)",
+                "learning curves (digits)", "learning rate x clipping threshold (digits)",
+                "accuracy vs epsilon (sentiment_templates)"):  # fmt: skip
+        assert fig in parsed.images
+    pngs = {p.name for p in (tmp_path / "out").glob("*.png")}
+    assert {"accuracy_vs_epsilon_digits.png", "cost_digits.png", "curves_digits.png",
+            "heatmap_digits.png"} <= pngs  # fmt: skip
+    acc = {(r["method"], r["epsilon"]): r for r in parsed.tables["accuracy"]}
+    fixed4 = acc["fixed/bk/full", "3.96"]
+    assert float(fixed4["mean"]) == (0.71 + 0.75) / 2 and fixed4["n"] == "2"
+    assert acc["non-private/full", "inf"]["mean"] == "0.95"
+    cost = {r["method"]: r for r in parsed.tables["cost"]}
+    assert float(cost["fixed/bk/full"]["speed_vs_nonprivate"]) == 0.25  # 1000 / 4000
+    states = {r["run"]: r["status"] for r in parsed.tables["runs"]}
+    assert states["crashed"] == "failed" and states["going"] == "running"
+    crashed = next(r for r in parsed.tables["runs"] if r["run"] == "crashed")
+    assert "delta" in crashed["error"]

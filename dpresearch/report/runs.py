@@ -34,9 +34,23 @@ class Run:
         except Exception:
             return target.rsplit(".", 1)[-1]
 
+    def _name_from_config(self, group: str) -> str | None:
+        target = (self.config.get(group) or {}).get("_target_")
+        try:
+            from hydra.utils import get_class
+
+            return str(get_class(target).name)
+        except Exception:
+            return None
+
     @property
     def method(self) -> str:
-        s = self.summary
+        s = dict(self.summary)
+        if not s:  # still running: what its config says
+            s = {"clipping": self._name_from_config("clipping"),
+                 "engine": (self.config.get("clipping") or {}).get("engine"),
+                 "finetune": self._name_from_config("finetune"),
+                 "private": self._name_from_config("privacy") != "none" or None}  # fmt: skip
         if s.get("private") is False:
             return f"non-private/{s.get('finetune') or 'full'}"
         parts = [s.get("clipping") or "?", s.get("engine") or "?", s.get("finetune") or "full"]

@@ -19,7 +19,7 @@ from dpresearch.module import ClassificationModule
 from dpresearch.privacy import DPStrategy, PrivacyMetrics, build_strategy, make_plan
 from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
 from dpresearch.tracking.console import print_config, print_summary
-from dpresearch.tracking.summary import write_summary
+from dpresearch.tracking.summary import run_tags, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
-        logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False)
+        tags, extra = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
+        logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False,
+                             extra_tags=tags, extra_config=extra)  # fmt: skip
         callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
         pruning = trial_pruning(cfg)
         if pruning is not None:

@@ -8,6 +8,14 @@ from dpresearch.privacy.strategy import DPStrategy
 
 
 class PrivacyMetrics(pl.Callback):
+    """Epsilon spent is logged beside validation accuracy at every evaluation (so dashboards
+    can plot one against the other) and with the other privacy numbers at each epoch end."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        strategy = trainer.strategy
+        if isinstance(strategy, DPStrategy) and not trainer.sanity_checking:
+            pl_module.log("epsilon", strategy.epsilon().epsilon, prog_bar=True)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         strategy = trainer.strategy
         if not isinstance(strategy, DPStrategy):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from dpresearch.tracking.summary import method_label
+
 
 @dataclass
 class Run:
@@ -49,14 +51,8 @@ class Run:
         if not s:  # still running: what its config says
             s = {"clipping": self._name_from_config("clipping"),
                  "engine": (self.config.get("clipping") or {}).get("engine"),
-                 "finetune": self._name_from_config("finetune"),
-                 "private": self._name_from_config("privacy") != "none" or None}  # fmt: skip
-        if s.get("private") is False:
-            return f"non-private/{s.get('finetune') or 'full'}"
-        parts = [s.get("clipping") or "?", s.get("engine") or "?", s.get("finetune") or "full"]
-        if s.get("sampler") not in (None, "poisson"):
-            parts.append(s["sampler"])
-        return "/".join(str(p) for p in parts)
+                 "finetune": self._name_from_config("finetune")}  # fmt: skip
+        return method_label(s)
 
     @property
     def epsilon(self) -> float:

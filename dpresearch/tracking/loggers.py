@@ -21,6 +21,8 @@ def wandb_logger(
     mode: str | None = None,
     run_config: DictConfig | dict | None = None,
     name: str | None = None,
+    extra_tags: list[str] | None = None,
+    extra_config: dict | None = None,
 ):
     from pytorch_lightning.loggers import WandbLogger
 
@@ -29,12 +31,14 @@ def wandb_logger(
     os.environ["WANDB_MODE"] = mode
     if isinstance(run_config, DictConfig):
         run_config = OmegaConf.to_container(run_config, resolve=True)
+    run_config = {**(run_config or {}), **(extra_config or {})}  # method etc. for grouping
+    job_type = (extra_config or {}).get("job_type", job_type)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         save_dir=save_dir,
         project=project,
         group=group,
-        tags=list(tags or []),
+        tags=[*(tags or []), *(extra_tags or [])],
         job_type=job_type,
         name=name,
         config=run_config,

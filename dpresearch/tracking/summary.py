@@ -35,3 +35,24 @@ def write_summary(path: Path, summary: dict) -> dict:
     tmp.write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return record
+
+
+def method_label(summary: dict) -> str:
+    """How comparisons name a run's method: clipping/engine/scope[/sampler], or non-private."""
+    if summary.get("private") is False:
+        return f"non-private/{summary.get('finetune') or 'full'}"
+    parts = [summary.get("clipping") or "?", summary.get("engine") or "?",
+             summary.get("finetune") or "full"]  # fmt: skip
+    if summary.get("sampler") not in (None, "poisson"):
+        parts.append(summary["sampler"])
+    return "/".join(str(p) for p in parts)
+
+
+def run_tags(summary: dict, job_type: str) -> tuple[list[str], dict]:
+    """wandb tags and extra config that comparisons group and filter by."""
+    keys = ("clipping", "engine", "finetune", "sampler", "dataset", "model", "target_epsilon",
+            "seed")  # fmt: skip
+    config = {"method": method_label(summary), "job_type": job_type,
+              **{k: summary.get(k) for k in keys}}  # fmt: skip
+    tags = [f"{k}={v}" for k, v in config.items() if v is not None and k != "job_type"]
+    return tags, config

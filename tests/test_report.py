@@ -100,3 +100,26 @@ def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
     assert states["crashed"] == "failed" and states["going"] == "running"
     crashed = next(r for r in parsed.tables["runs"] if r["run"] == "crashed")
     assert "delta" in crashed["error"]
+
+
+def test_wandb_report_has_the_comparison_panels_built_offline() -> None:
+    import wandb_workspaces.reports.v2 as wr
+
+    from dpresearch.report.wandb_report import PANELS, build
+
+    report = build("someone", "dpresearch")
+    panels = {p.title: p for b in report.blocks if isinstance(b, wr.PanelGrid) for p in b.panels}
+    assert set(panels) == set(PANELS)
+    acc = panels["accuracy vs epsilon"]
+    assert isinstance(acc, wr.ScatterPlot) and acc.x.name == "epsilon" and acc.log_x
+    assert acc.y.name == "test_accuracy"
+    throughput = panels["throughput per method"]
+    assert isinstance(throughput, wr.BarPlot) and throughput.groupby.name == "method"
+    heat = panels["learning rate x clipping threshold"]
+    assert (heat.x.name, heat.y.name, heat.z.name) == (
+        "optimizer.lr",
+        "clipping.max_grad_norm",
+        "val_accuracy",
+    )
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert grids[0].runsets[0].groupby == ["method"] and "train" in grids[0].runsets[0].filters

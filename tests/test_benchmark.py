@@ -58,3 +58,31 @@ def test_transient_peak_counts_live_tensors_not_totals() -> None:
 def test_unknown_method_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"dp_bk"):
         parse_method("dp_fast")
+
+
+def test_benchmark_is_a_wandb_run_of_job_type_benchmark(monkeypatch, tmp_path) -> None:
+    import wandb
+    from omegaconf import OmegaConf
+
+    from dpresearch.benchmark.__main__ import log_to_wandb
+
+    seen = {}
+
+    class FakeRun:
+        summary: dict = {}
+
+        def log(self, data):
+            seen["table"] = data["benchmark"]
+
+        def finish(self):
+            seen["finished"] = True
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or FakeRun())
+    logger = {"_target_": "dpresearch.tracking.loggers.wandb_logger", "project": "p", "mode": None}
+    cfg = OmegaConf.create({"name": "bench", "logger": logger})
+    row = {"scope": "full", "method": "dp_bk", "examples_per_s": 10.0, "peak_memory_mb": 5.0,
+           "ratio_to_nonprivate": 0.5}  # fmt: skip
+    record = {"rows": [row], "choices": {}, "config": {"bench": {}}, "device": "cpu"}
+    log_to_wandb(cfg, record, tmp_path)
+    assert seen["job_type"] == "benchmark" and seen["group"] == "bench" and seen["finished"]
+    assert FakeRun.summary["full/dp_bk/examples_per_s"] == 10.0

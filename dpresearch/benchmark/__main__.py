@@ -63,6 +63,29 @@ def scope_for(name: str, cfg: DictConfig) -> Scope:
     return finetune if finetune.name == name else SCOPES[name]()
 
 
+def log_to_wandb(cfg: DictConfig, record: dict, output_dir: Path) -> None:
+    """With logger=wandb, one wandb run of job_type "benchmark": the rows as a table, and each
+    method's numbers in the summary (offline unless logged in, like training runs)."""
+    if not str(cfg.logger.get("_target_", "")).endswith("wandb_logger"):
+        return
+    import wandb
+
+    from dpresearch.tracking.loggers import wandb_mode
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=cfg.logger.get("project", "dpresearch"), group=cfg.name,
+                     job_type="benchmark", dir=str(output_dir), mode=wandb_mode(cfg.logger.mode),
+                     config={"choices": record["choices"], "bench": record["config"]["bench"],
+                             "device": record["device"]})  # fmt: skip
+    columns = list(record["rows"][0])
+    data = [[r[c] for c in columns] for r in record["rows"]]
+    run.log({"benchmark": wandb.Table(columns=columns, data=data)})
+    for r in record["rows"]:
+        for key in ("examples_per_s", "peak_memory_mb", "ratio_to_nonprivate"):
+            run.summary[f"{r['scope']}/{r['method']}/{key}"] = r[key]
+    run.finish()
+
+
 def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dict:
     torch.manual_seed(cfg.seed)
     bench = cfg.bench
@@ -102,6 +125,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
         f"{record['device']}"
     )
     print_rows(record["rows"], title)
+    log_to_wandb(cfg, record, Path(output_dir))
     Console().print(f"wrote {path}")
     return record
 

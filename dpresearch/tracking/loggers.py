@@ -26,8 +26,7 @@ def wandb_logger(
 ):
     from pytorch_lightning.loggers import WandbLogger
 
-    if mode is None:
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    mode = wandb_mode(mode)
     os.environ["WANDB_MODE"] = mode
     if isinstance(run_config, DictConfig):
         run_config = OmegaConf.to_container(run_config, resolve=True)
@@ -45,6 +44,11 @@ def wandb_logger(
         mode=mode,
         log_model=False,
     )
+
+
+def wandb_mode(mode: str | None = None) -> str:
+    """The wandb mode to use: as given, else WANDB_MODE, else online only when logged in."""
+    return mode or os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
 
 
 def _wandb_logged_in() -> bool:

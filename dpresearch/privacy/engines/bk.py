@@ -48,7 +48,6 @@ class BookKeepingEngine(Engine):
         self._inputs: dict[nn.Module, torch.Tensor | None] = {}
         self._records: list[PerExample] = []
         self._active = False
-        self.backward_passes = 0  # counted, so a test can hold the engine to one per batch
         self.layer_modes: dict[str, str] = {}  # "path.param" -> ghost | materialized
         self._handles = [m.register_forward_hook(self._forward_hook) for _, m in self._layers]
 
@@ -90,7 +89,6 @@ class BookKeepingEngine(Engine):
             output = forward()
             self._active = False
             example_losses(output).sum().backward()
-            self.backward_passes += 1
         finally:
             self._active = False
             for p in self.params:

@@ -2,6 +2,7 @@
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
@@ -10,7 +11,8 @@ def main(cfg: DictConfig) -> dict:
     from dpresearch.train import run
 
     hydra_cfg = HydraConfig.get()
-    return run(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return run(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices), multirun)
 
 
 if __name__ == "__main__":

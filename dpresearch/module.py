@@ -38,16 +38,12 @@ class ClassificationModule(pl.LightningModule):
         n = int(real.sum())
         loss = losses.sum() / max(n, 1)
         if n:
+            # sync_dist: under data parallelism each process saw its own shard of the epoch
+            # (a no-op on one process). Evaluation splits are whole on every process.
             acc = (logits.argmax(-1) == y)[real].float().mean()
-            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
-            self.log(
-                f"{stage}_acc",
-                acc,
-                on_step=False,
-                on_epoch=True,
-                batch_size=n,
-                prog_bar=stage != "train",
-            )
+            epoch = {"on_step": False, "on_epoch": True, "batch_size": n, "sync_dist": True}
+            self.log(f"{stage}_loss", loss, **epoch)
+            self.log(f"{stage}_acc", acc, prog_bar=stage != "train", **epoch)
         return {"loss": loss, "example_losses": losses}
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

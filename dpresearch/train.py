@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -16,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule
-from dpresearch.privacy import DPStrategy, PrivacyMetrics, build_strategy, make_plan
+from dpresearch.privacy import DPSGD, PrivacyMetrics, build_strategy, make_plan
 from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
 from dpresearch.tracking.console import print_config, print_summary
-from dpresearch.tracking.summary import run_tags, write_summary
+from dpresearch.tracking.summary import record_failure, run_tags, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,53 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+OUR_TRAINER_KEYS = ("compile", "ddp")  # in the trainer group, but not pl.Trainer arguments
+
+
 def instantiate_trainer(node: DictConfig, **kwargs) -> pl.Trainer:
-    """The ``trainer`` group is pl.Trainer's arguments plus our ``compile`` flag."""
-    return instantiate(OmegaConf.masked_copy(node, [k for k in node if k != "compile"]), **kwargs)
+    """The ``trainer`` group is pl.Trainer's arguments plus our ``compile`` and ``ddp``."""
+    keys = [k for k in node if k not in OUR_TRAINER_KEYS]
+    return instantiate(OmegaConf.masked_copy(node, keys), **kwargs)
+
+
+def ddp_options(trainer: DictConfig, multirun: bool) -> dict | None:
+    """The trainer group's ``ddp`` node (trainer=ddp|ddp_cpu), checked before anything runs."""
+    node = trainer.get("ddp")
+    if node is None:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set by srun for its tasks
+        if tasks > 1:
+            raise ValueError(
+                f"srun started {tasks} tasks but the trainer is single-device, so each would "
+                "train its own model: add trainer=ddp (trainer=ddp_cpu on CPUs) to train one "
+                "model on all of them, or run one task"
+            )
+        return None
+    several = str(trainer.get("devices", 1)) != "1" or int(trainer.get("num_nodes", 1)) > 1
+    if multirun and several and not launched_externally():
+        raise ValueError(
+            "trainer=ddp under a Hydra multirun cannot relaunch this script once per device "
+            "(Lightning #11300): run the sweep with hydra/launcher=slurm and "
+            "hydra.launcher.tasks_per_node=<devices> (one process per task), or run single jobs "
+            "(slurm/ddp.sbatch)"
+        )
+    return OmegaConf.to_container(node)
+
+
+def launched_externally() -> bool:
+    """Whether a cluster manager (SLURM's srun, torchrun) started one process per device."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+
+
+def process_rank(trainer: pl.Trainer | None) -> int:
+    """This process's global rank: the trainer's once it exists, before that the launcher's
+    environment (LOCAL_RANK / SLURM_PROCID / RANK), as Lightning reads it."""
+    if trainer is not None:
+        return trainer.global_rank
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0)
 
 
 def trial_pruning(cfg: DictConfig):
@@ -58,21 +103,31 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
-    """Train and test one configuration; always leaves summary.json in ``output_dir``."""
+def run(
+    cfg: DictConfig,
+    output_dir: str | Path,
+    choices: dict | None = None,
+    multirun: bool = False,
+) -> dict:
+    """Train and test one configuration; always leaves summary.json in ``output_dir``.
+
+    Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
+    fails writes its own error log and a failed summary (the others are then stopped)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     choices = dict(choices or {})
     start = time.perf_counter()
+    born = time.time() - 1.0  # error logs of this run are newer than this (mtime resolution)
     summary: dict = {
         "experiment": cfg.get("name"),
         "seed": cfg.seed,
         "status": "running",
         "output_dir": str(out),
     }
-    if cfg.get("print_config", False):
-        print_config(cfg)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if process_rank(None) == 0:
+        if cfg.get("print_config", False):
+            print_config(cfg)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     logger = None
     throughput = Throughput()
     trainer: pl.Trainer | None = None
@@ -102,8 +157,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             {k: v for k, v in plan.to_dict().items() if k not in ("private",)},
             num_train=datamodule.num_train,
         )
+        ddp = ddp_options(cfg.trainer, multirun)
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
-        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed)
+        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp)
         summary["engine"] = plan.engine
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
@@ -123,10 +179,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             default_root_dir=str(out),
             use_distributed_sampler=False,
         )
+        summary["world_size"] = trainer.world_size
         trainer.fit(module, datamodule=datamodule)
+        if hasattr(strategy, "reduce_stats"):
+            summary.update(strategy.reduce_stats())
         val_acc = trainer.callback_metrics.get("val_acc")
         summary["val_accuracy"] = float(val_acc) if val_acc is not None else None
-        if isinstance(strategy, DPStrategy):
+        if isinstance(strategy, DPSGD):
             eps = strategy.epsilon()
             summary.update(
                 epsilon=eps.epsilon,
@@ -143,9 +202,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         summary["test_accuracy"] = test[0].get("test_acc") if test else None
         summary["status"] = "pruned" if pruning is not None and pruning.pruned else "completed"
     except BaseException as err:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(err).__name__}: {err}"
-        (out / "error.log").write_text(traceback.format_exc())
+        failure = record_failure(out, process_rank(trainer), err, traceback.format_exc(), born)
+        summary.update(failure)
         raise
     finally:
         summary["train_examples_per_s"] = throughput.examples_per_s
@@ -155,9 +213,11 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         summary["wall_s"] = time.perf_counter() - start
         if trainer is None or summary["status"] != "completed":
             summary.setdefault("steps", None)
-        summary = write_summary(out / "summary.json", summary)
-        _finish_wandb(logger, summary)
-    print_summary(summary)
+        if process_rank(trainer) == 0 or summary["status"] == "failed":
+            summary = write_summary(out / "summary.json", summary)
+            _finish_wandb(logger, summary)
+    if process_rank(trainer) == 0:
+        print_summary(summary)
     return summary
 
 

@@ -92,3 +92,17 @@ def test_optuna_workers_share_one_study(slurm, tmp_path) -> None:
     study = optuna.load_study(study_name="shared", storage=storage)
     finished = [t for t in study.get_trials() if t.state.is_finished()]
     assert len(finished) >= 4 and study.best_trial.value is not None
+
+
+def test_ddp_template_runs_two_tasks_as_one_job(slurm, tmp_path) -> None:
+    """slurm/ddp.sbatch: srun starts 2 tasks, Lightning takes their ranks from SLURM (gloo),
+    one model is trained by both, and rank 0 writes the run's summary."""
+    env = {**slurm, "DPRESEARCH_OUT": str(tmp_path / "out")}
+    sbatch(env, "--ntasks-per-node=2", "--mem=4G", f"--output={tmp_path}/ddp-%j.out",
+           "slurm/ddp.sbatch", "trainer=ddp_cpu", *FAST)  # fmt: skip
+    logs = "".join(p.read_text() for p in tmp_path.glob("ddp-*.out"))
+    (run_dir,) = (tmp_path / "out").iterdir()
+    done = summaries(run_dir)
+    assert len(done) == 1 and done[0]["status"] == "completed", logs[-3000:]
+    assert done[0]["world_size"] == 2 and done[0]["epsilon"] is not None
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs + (run_dir / "rank1.log").read_text()

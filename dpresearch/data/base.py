@@ -143,7 +143,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.test_set = TensorSet(x_test, y_test, self.transform)
         if self.sampler is None:
             raise RuntimeError("attach_sampler(...) before setup(): no training sampler")
-        self.train_batch_sampler = self.sampler.build(len(self.train_set), self.sampler_seed)
 
     @property
     def num_train(self) -> int:
@@ -151,7 +150,19 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.setup("fit")
         return len(self.train_set)
 
+    def _rank(self) -> tuple[int, int]:
+        """(rank, world size) of this process; known once a Trainer has launched its processes."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        built = self.train_batch_sampler
+        if built is None or (built.rank, built.world_size) != (rank, world):
+            self.train_batch_sampler = self.sampler.build(
+                len(self.train_set), self.sampler_seed, rank, world
+            )
         return DataLoader(
             self.train_set, batch_sampler=self.train_batch_sampler, collate_fn=_identity_collate
         )

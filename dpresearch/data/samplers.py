@@ -5,6 +5,12 @@ probability q, so logical batch sizes vary. ``PoissonSampling`` does exactly tha
 ``ShuffleSampling`` is the common fixed-size shuffled batching, kept for comparison and flagged
 by the privacy wiring as not matching the accounting. Splitting a logical batch into physical
 batches (bounded memory) happens in the training strategy, not here.
+
+Under data parallelism every sampler is built with its process's ``rank`` of ``world_size``:
+rank r owns the examples ``i % world_size == r``. Every rank draws the same global Poisson mask
+(the generator is seeded alike) and keeps its own shard's part, so each example still joins each
+step independently with probability q, the union over ranks is exactly the batch one process
+would draw with the same seed, and all ranks take the same number of steps (lockstep).
 """
 
 from __future__ import annotations
@@ -17,13 +23,29 @@ import torch
 from dpresearch.data.padding import PAD_INDEX
 
 
-class PoissonBatchSampler:
-    """Yields ``steps_per_epoch`` logical batches per epoch, each a Poisson sample at rate q."""
+def check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size} is not a valid process")
 
-    def __init__(self, num_samples: int, sample_rate: float, steps_per_epoch: int, seed: int):
+
+class PoissonBatchSampler:
+    """Yields ``steps_per_epoch`` logical batches per epoch, each a Poisson sample at rate q
+    (this rank's shard of it)."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        sample_rate: float,
+        steps_per_epoch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        check_rank(rank, world_size)
         self.num_samples = num_samples
         self.sample_rate = sample_rate
         self.steps_per_epoch = steps_per_epoch
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -32,7 +54,10 @@ class PoissonBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps_per_epoch):
             mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield mask.nonzero(as_tuple=True)[0].tolist()
+            index = mask.nonzero(as_tuple=True)[0]
+            if self.world_size > 1:
+                index = index[index % self.world_size == self.rank]
+            yield index.tolist()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -52,8 +77,10 @@ class MaskedPoissonBatchSampler(PoissonBatchSampler):
         steps_per_epoch: int,
         seed: int,
         physical_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        super().__init__(num_samples, sample_rate, steps_per_epoch, seed)
+        super().__init__(num_samples, sample_rate, steps_per_epoch, seed, rank, world_size)
         self.physical_batch_size = physical_batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -64,11 +91,16 @@ class MaskedPoissonBatchSampler(PoissonBatchSampler):
 
 
 class ShuffleBatchSampler:
-    """Fixed-size batches from a fresh permutation each epoch (last partial batch dropped)."""
+    """Fixed-size batches from a fresh permutation each epoch (last partial batch dropped);
+    under data parallelism each rank takes every ``world_size``-th example of a batch."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        check_rank(rank, world_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -77,7 +109,8 @@ class ShuffleBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         perm = torch.randperm(self.num_samples, generator=self.generator)
         for i in range(len(self)):
-            yield perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            batch = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            yield batch[self.rank :: self.world_size].tolist()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -121,7 +154,8 @@ class Sampling:
         self.check(num_samples)
         return max(1, round(num_samples / self.expected_batch_size))
 
-    def build(self, num_samples: int, seed: int):
+    def build(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        """The batch sampler of process ``rank`` of ``world_size`` (one process: 0 of 1)."""
         raise NotImplementedError
 
 
@@ -130,12 +164,16 @@ class PoissonSampling(Sampling):
     name = "poisson"
     is_poisson = True
 
-    def build(self, num_samples: int, seed: int) -> PoissonBatchSampler:
+    def build(
+        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> PoissonBatchSampler:
         return PoissonBatchSampler(
             num_samples,
             self.sample_rate(num_samples),
             self.steps_per_epoch(num_samples),
             seed,
+            rank,
+            world_size,
         )
 
 
@@ -145,13 +183,17 @@ class MaskedPoissonSampling(PoissonSampling):
 
     name = "poisson_masked"
 
-    def build(self, num_samples: int, seed: int) -> MaskedPoissonBatchSampler:
+    def build(
+        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> MaskedPoissonBatchSampler:
         return MaskedPoissonBatchSampler(
             num_samples,
             self.sample_rate(num_samples),
             self.steps_per_epoch(num_samples),
             seed,
             self.max_physical_batch_size,
+            rank,
+            world_size,
         )
 
 
@@ -164,6 +206,8 @@ class ShuffleSampling(Sampling):
         self.check(num_samples)
         return num_samples // self.expected_batch_size
 
-    def build(self, num_samples: int, seed: int) -> ShuffleBatchSampler:
+    def build(
+        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> ShuffleBatchSampler:
         self.check(num_samples)
-        return ShuffleBatchSampler(num_samples, self.expected_batch_size, seed)
+        return ShuffleBatchSampler(num_samples, self.expected_batch_size, seed, rank, world_size)

@@ -13,16 +13,18 @@ from dpresearch.privacy.accounting import (
 from dpresearch.privacy.callback import PrivacyMetrics
 from dpresearch.privacy.plan import PrivacyPlan, build_strategy, make_plan
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy, PrivacyConfigError
-from dpresearch.privacy.strategy import DPStrategy, PhysicalBatchStrategy
+from dpresearch.privacy.strategy import DPSGD, DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 
 __all__ = [
     "AccountingError",
+    "DPSGD",
     "DPSpec",
     "DPStrategy",
     "EpsilonResult",
     "FixedClipping",
     "NoPrivacy",
     "PhysicalBatchStrategy",
+    "PhysicalBatching",
     "PrivacyConfigError",
     "PrivacyMetrics",
     "PrivacyPlan",

@@ -11,7 +11,7 @@ from torch import nn
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
-from dpresearch.privacy.strategy import DPStrategy, PhysicalBatchStrategy
+from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import resolve_engine
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,24 @@ def build_strategy(
     model: nn.Module,
     device: torch.device,
     seed: int,
-) -> PhysicalBatchStrategy:
+    ddp: dict | None = None,
+) -> PhysicalBatching:
+    """The Lightning strategy for the plan: one device, or with ``ddp`` (the trainer group's
+    ``ddp`` node: backend, timeout_s) data parallel over Lightning's DDP processes, where
+    Lightning picks each process's device."""
+    if ddp is not None:
+        from dpresearch.privacy.distributed import DDPDPStrategy, DDPPhysicalBatchStrategy
+
+        where = dict(ddp)
+        single, private = DDPPhysicalBatchStrategy, DDPDPStrategy
+    else:
+        where = {"device": device}
+        single, private = PhysicalBatchStrategy, DPStrategy
     if not plan.private:
-        return PhysicalBatchStrategy(sampling.max_physical_batch_size, device)
+        return single(sampling.max_physical_batch_size, **where)
     plan.engine = resolve_engine(model, clipping.engine, clipping.per_layer)
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
-    return DPStrategy(
+    return private(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=clipping.max_grad_norm,
         expected_batch_size=sampling.expected_batch_size,
@@ -107,8 +119,8 @@ def build_strategy(
         accountant=plan.accountant,
         max_physical_batch_size=sampling.max_physical_batch_size,
         noise_seed=noise_seed,
-        device=device,
         factors=clipping.factors,
         engine=plan.engine,
         per_layer=clipping.per_layer,
+        **where,
     )

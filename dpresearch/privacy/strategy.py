@@ -12,7 +12,10 @@ so memory is bounded whatever the sampling rate, and accumulates before the sing
   the accountant.
 
 Both run every physical batch's forward and backward inside ``training_step`` and hand the
-optimizer its gradient in ``backward``, after Lightning's ``zero_grad``.
+optimizer its gradient in ``backward``, after Lightning's ``zero_grad``. The behaviour lives in
+two mixins (``PhysicalBatching``, ``DPSGD``) so that the same code runs on one device here and
+on many processes in ``dpresearch.privacy.distributed``: there, ``_reduce_sum`` all-reduces the
+local sums once per logical step, and only rank 0 adds noise, before that reduction.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.strategies import SingleDeviceStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 
 from dpresearch.data.padding import count_real
@@ -67,13 +70,18 @@ def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
     return loss * batch_size(chunk)
 
 
-class PhysicalBatchStrategy(SingleDeviceStrategy):
-    """Single-device training where a logical batch may span several physical batches."""
+class PhysicalBatching:
+    """Mixin for a Lightning Strategy: a logical batch may span several physical batches.
 
-    def __init__(self, max_physical_batch_size: int, device: str | torch.device = "cpu"):
-        super().__init__(device=torch.device(device))
+    Non-private: plain gradient accumulation, averaged over the logical batch's real examples
+    (over all processes under data parallelism)."""
+
+    def __init__(self, max_physical_batch_size: int, **strategy_kwargs: Any):
+        super().__init__(**strategy_kwargs)
         self.max_physical_batch_size = max_physical_batch_size
         self._grads: list[torch.Tensor] | None = None
+        self._local_examples = 0
+        self.step_examples: int | None = None  # real examples in the last logical step, all ranks
 
     def setup(self, trainer: pl.Trainer) -> None:
         if trainer.accumulate_grad_batches != 1:
@@ -83,15 +91,25 @@ class PhysicalBatchStrategy(SingleDeviceStrategy):
             )
         super().setup(trainer)
 
+    def _reduce_sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` in place over all processes (nothing to do on one process)."""
+
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lightning_module.parameters() if p.requires_grad]
 
     def _physical_steps(self, args: tuple, kwargs: dict) -> list[tuple[Any, Callable]]:
         batch, rest = args[0], args[1:]
         return [
-            (chunk, partial(SingleDeviceStrategy.training_step, self, chunk, *rest, **kwargs))
+            (chunk, partial(Strategy.training_step, self, chunk, *rest, **kwargs))
             for chunk in split_batch(batch, self.max_physical_batch_size)
         ]
+
+    def _reduce_with_count(self, sums: list[torch.Tensor]) -> int:
+        """All-reduce the sums and this step's real-example count together (one collective)."""
+        count = torch.tensor([float(self._local_examples)], device=self.root_device)
+        self._reduce_sum([*sums, count])
+        self.step_examples = int(count.item())
+        return self.step_examples
 
     def training_step(self, *args: Any, **kwargs: Any):
         params = self._params()
@@ -102,20 +120,23 @@ class PhysicalBatchStrategy(SingleDeviceStrategy):
             output = step()
             if batch_size(chunk):
                 summed_loss(output, chunk).backward()
-        n = max(count_real(args[0]), 1)
-        self._grads = [p.grad / n if p.grad is not None else None for p in params]
+        self._local_examples = count_real(args[0])
+        self._grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         return output
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The gradient was computed in ``training_step``; hand it over (after zero_grad)."""
-        for p, g in zip(self._params(), self._grads or []):
-            p.grad = g
+        """The gradient was computed in ``training_step``; reduce it and hand it over (after
+        Lightning's zero_grad)."""
+        grads = self._grads or []
+        n = max(self._reduce_with_count(grads), 1)
+        for p, g in zip(self._params(), grads):
+            p.grad = g / n
         self._grads = None
         return closure_loss
 
 
-class DPStrategy(PhysicalBatchStrategy):
-    """DP-SGD: clipped sums from a DP engine, noise once per logical step, accounting."""
+class DPSGD(PhysicalBatching):
+    """Mixin: DP-SGD. Clipped sums from a DP engine, noise once per logical step, accounting."""
 
     def __init__(
         self,
@@ -128,12 +149,12 @@ class DPStrategy(PhysicalBatchStrategy):
         accountant: str,
         max_physical_batch_size: int,
         noise_seed: int,
-        device: str | torch.device = "cpu",
         factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
         engine: str = "hooks",
         per_layer: bool = False,
+        **strategy_kwargs: Any,
     ):
-        super().__init__(max_physical_batch_size, device)
+        super().__init__(max_physical_batch_size, **strategy_kwargs)
         self.factors = factors or FixedClipping(max_grad_norm).factors
         self.engine_name = engine
         self.per_layer = per_layer
@@ -169,17 +190,25 @@ class DPStrategy(PhysicalBatchStrategy):
             else:  # an empty Poisson batch: no gradient to record, noise still follows
                 with torch.no_grad():
                     output = step()
+        self._local_examples = count_real(args[0])
         self._pending = True
         return output
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Noise the clipped sum once and give it to the optimizer as its gradient."""
+        """Noise the clipped sum once and give it to the optimizer as its gradient.
+
+        Only rank 0 adds noise, to its own clipped sum before the one all-reduce: the reduced
+        sum then carries exactly one draw of std sigma*C whatever the number of processes, and
+        every process receives the identical noised gradient."""
         if not self._pending:
             raise RuntimeError("DPStrategy.backward without a DP training_step before it")
         sums = self.engine.take_sums()
-        std = self.noise_multiplier * self.max_grad_norm
+        if self.is_global_zero:
+            std = self.noise_multiplier * self.max_grad_norm
+            sums = [add_noise(s, std, self._generator) for s in sums]
+        self._reduce_with_count(sums)
         for p, s in zip(self.engine.params, sums):
-            p.grad = add_noise(s, std, self._generator) / self.expected_batch_size
+            p.grad = s / self.expected_batch_size
         self._pending = False
         self.dp_steps += 1
         return closure_loss
@@ -198,3 +227,17 @@ class DPStrategy(PhysicalBatchStrategy):
             self.engine.close()  # leave the user's module as we found it
             self.engine = None
         super().teardown()
+
+
+class PhysicalBatchStrategy(PhysicalBatching, SingleDeviceStrategy):
+    """Non-private training on one device."""
+
+    def __init__(self, max_physical_batch_size: int, device: str | torch.device = "cpu"):
+        super().__init__(max_physical_batch_size, device=torch.device(device))
+
+
+class DPStrategy(DPSGD, SingleDeviceStrategy):
+    """DP-SGD on one device."""
+
+    def __init__(self, *, device: str | torch.device = "cpu", **dp: Any):
+        super().__init__(device=torch.device(device), **dp)

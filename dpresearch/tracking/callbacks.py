@@ -22,7 +22,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Throughput(pl.Callback):
-    """Training examples per second, counting only time inside training batches."""
+    """Training examples per second, counting only time inside training batches; under data
+    parallelism the examples of all processes (the strategy's ``step_examples``)."""
 
     def __init__(self) -> None:
         self.examples = 0
@@ -43,7 +44,9 @@ class Throughput(pl.Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - self._t0
-        n = count_real(batch)  # padding examples do not count
+        n = getattr(trainer.strategy, "step_examples", None)
+        if n is None:
+            n = count_real(batch)  # padding examples do not count
         self._epoch_seconds += dt
         self._epoch_examples += n
         self.seconds += dt
@@ -51,7 +54,8 @@ class Throughput(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._epoch_seconds > 0:
-            pl_module.log("train_examples_per_s", self._epoch_examples / self._epoch_seconds)
+            rate = self._epoch_examples / self._epoch_seconds  # all ranks' examples: mean = rate
+            pl_module.log("train_examples_per_s", rate, sync_dist=True)
 
     @property
     def examples_per_s(self) -> float | None:
@@ -68,7 +72,7 @@ class MetricsRecorder(pl.Callback):
         self.last: dict[str, float] = {}
 
     def _write(self, trainer: pl.Trainer, stage: str) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: _num(v) for k, v in trainer.callback_metrics.items()}
         self.last.update(metrics)

@@ -31,10 +31,29 @@ def write_summary(path: Path, summary: dict) -> dict:
     record.update(summary)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # ranks may write at once
     tmp.write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return record
+
+
+def record_failure(out: Path, rank: int, error: BaseException, trace: str, since: float) -> dict:
+    """Write this rank's traceback (``error.log`` on rank 0, ``error.rankN.log`` elsewhere) and
+    return the summary fields of the failure. When several ranks fail (one raises, the others
+    then lose their peer in an all-reduce), ``error`` is the earliest failure since ``since``
+    (the cause) and ``failed_ranks`` lists every rank that left a log."""
+    out = Path(out)
+    message = f"{type(error).__name__}: {error}"
+    name = "error.log" if rank == 0 else f"error.rank{rank}.log"
+    (out / name).write_text(f"rank {rank}: {message}\n{trace}")
+    logs = sorted(
+        (log for log in out.glob("error*.log") if log.stat().st_mtime >= since),
+        key=lambda log: log.stat().st_mtime,
+    )
+    first = logs[0].read_text().splitlines()[0] if logs else f"rank {rank}: {message}"
+    ranks = sorted(int(log.read_text().split(":", 1)[0].split()[1]) for log in logs)
+    return {"status": "failed", "error": first if ranks != [0] else message,
+            "failed_ranks": ranks or [rank]}  # fmt: skip
 
 
 def method_label(summary: dict) -> str:

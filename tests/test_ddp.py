@@ -24,8 +24,10 @@ STEP = ["optimizer=sgd", "optimizer.momentum=0", "optimizer.lr=0.5", "trainer.ma
 NOISELESS = ["privacy.target_epsilon=null", "privacy.noise_multiplier=0"]
 
 
-def run_py(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1",
+def run_py(
+    *args: str, cwd: Path, timeout: float = 300, wandb: str = "disabled"
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": wandb, "HYDRA_FULL_ERROR": "1",
            "PYTHONPATH": str(ROOT / "tests")}  # fmt: skip
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args],
@@ -101,8 +103,11 @@ def test_ddp_misuse_is_refused_before_training(compose_cfg, monkeypatch) -> None
     "method",
     [[*NOISELESS, "clipping.engine=hooks"], [*NOISELESS, "clipping.engine=ghost"],
      [*NOISELESS, "clipping.engine=bk"], [*NOISELESS, "clipping=automatic", "clipping.engine=bk"],
+     [*NOISELESS, "sampler=poisson_masked", "clipping.engine=bk"],
+     [*NOISELESS, "finetune=bias_only", "clipping.engine=hooks"],
      ["privacy=none"], ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]],
-    ids=["hooks", "ghost", "bk", "automatic-bk", "nonprivate", "noisy-auto"],
+    ids=["hooks", "ghost", "bk", "automatic-bk", "masked-bk", "bias_only-hooks", "nonprivate",
+         "noisy-auto"],
 )  # fmt: skip
 def test_two_processes_equal_one_process(method, compose_cfg, tmp_path) -> None:
     """Noise 0: after an epoch of SGD steps the parameters of 2 gloo processes equal those of
@@ -166,3 +171,14 @@ def test_crashing_rank_brings_the_job_down(rank, tmp_path) -> None:
     assert "deliberate failure" in log.read_text()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r["stage"] == "train" and r["epoch"] == 0 for r in rows)
+
+
+def test_one_wandb_run_per_job_from_rank_zero(tmp_path) -> None:
+    out = tmp_path / "wandb_job"
+    done = run_py("logger=wandb", "print_config=false", "trainer.enable_progress_bar=false",
+                  "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                  f"hydra.run.dir={out}", cwd=tmp_path, wandb="offline")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list(out.rglob("offline-run-*"))
+    assert len(runs) == 1, runs
+    assert summary(out)["status"] == "completed" and summary(out)["world_size"] == 2

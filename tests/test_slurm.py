@@ -106,3 +106,18 @@ def test_ddp_template_runs_two_tasks_as_one_job(slurm, tmp_path) -> None:
     assert len(done) == 1 and done[0]["status"] == "completed", logs[-3000:]
     assert done[0]["world_size"] == 2 and done[0]["epsilon"] is not None
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs + (run_dir / "rank1.log").read_text()
+
+
+def test_ddp_multirun_through_submitit_one_task_per_device(slurm, tmp_path) -> None:
+    """A DDP sweep: each multirun job is a 2-task SLURM job (submitit), one process per task."""
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=slurm",
+           f"hydra.launcher.partition={slurm_cluster.PARTITION}", "hydra.launcher.gpus_per_node=0",
+           "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+           "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=10",
+           f"hydra.sweep.dir={tmp_path}", "trainer=ddp_cpu", "trainer.devices=2",
+           "optimizer.lr=0.01,0.02", *FAST]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = summaries(tmp_path)
+    assert len(done) == 2 and all(s["status"] == "completed" for s in done), done
+    assert all(s["world_size"] == 2 for s in done)

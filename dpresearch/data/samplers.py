@@ -6,11 +6,14 @@ probability q, so logical batch sizes vary. ``PoissonSampling`` does exactly tha
 by the privacy wiring as not matching the accounting. Splitting a logical batch into physical
 batches (bounded memory) happens in the training strategy, not here.
 
-Under data parallelism every sampler is built with its process's ``rank`` of ``world_size``:
-rank r owns the examples ``i % world_size == r``. Every rank draws the same global Poisson mask
-(the generator is seeded alike) and keeps its own shard's part, so each example still joins each
-step independently with probability q, the union over ranks is exactly the batch one process
-would draw with the same seed, and all ranks take the same number of steps (lockstep).
+Under data parallelism every sampler is built with its process's ``rank`` of ``world_size``.
+Every rank draws the same global Poisson mask (the generator is seeded alike), so every rank
+knows the whole logical batch, and takes every ``world_size``-th example of it. Each example
+still joins each step independently with probability q, the union over ranks is exactly the
+batch one process would draw with the same seed, all ranks take the same number of steps
+(lockstep), and their shares differ by at most one example: no rank waits at the all-reduce for
+a peer that happened to draw more (fixed per-rank shards, each sampled at rate q, would give
+Binomial shares and a straggler every step).
 """
 
 from __future__ import annotations
@@ -54,10 +57,7 @@ class PoissonBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps_per_epoch):
             mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            index = mask.nonzero(as_tuple=True)[0]
-            if self.world_size > 1:
-                index = index[index % self.world_size == self.rank]
-            yield index.tolist()
+            yield mask.nonzero(as_tuple=True)[0][self.rank :: self.world_size].tolist()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

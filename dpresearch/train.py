@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import traceback
@@ -14,10 +15,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dpresearch.checkpointing import LAST, RandomState, checkpoint_callback, resume_path
 from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule
-from dpresearch.privacy import DPSGD, PrivacyMetrics, build_strategy, make_plan
+from dpresearch.privacy import DPSGD, PrivacyMetrics, PrivacyState, build_strategy, make_plan
 from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
 from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import record_failure, run_tags, write_summary
@@ -40,6 +42,11 @@ OUR_TRAINER_KEYS = ("compile", "ddp")  # in the trainer group, but not pl.Traine
 
 def instantiate_trainer(node: DictConfig, **kwargs) -> pl.Trainer:
     """The ``trainer`` group is pl.Trainer's arguments plus our ``compile`` and ``ddp``."""
+    if "enable_checkpointing" in node:
+        raise ValueError(
+            "checkpoints are switched with run.checkpoint=true|false, "
+            "not trainer.enable_checkpointing"
+        )
     keys = [k for k in node if k not in OUR_TRAINER_KEYS]
     return instantiate(OmegaConf.masked_copy(node, keys), **kwargs)
 
@@ -84,6 +91,13 @@ def process_rank(trainer: pl.Trainer | None) -> int:
     return getattr(rank_zero_only, "rank", 0)
 
 
+def check_optimizer(node: DictConfig) -> None:
+    """A learning rate torch would take (or reject only once training starts) is refused now."""
+    lr = node.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"optimizer.lr must be a positive finite number, got {lr}")
+
+
 def trial_pruning(cfg: DictConfig):
     """The Optuna pruning callback when this run is a sweep trial with a pruner."""
     trial = cfg.get("sweep_trial")
@@ -108,11 +122,13 @@ def run(
     output_dir: str | Path,
     choices: dict | None = None,
     multirun: bool = False,
+    probe=None,
 ) -> dict:
     """Train and test one configuration; always leaves summary.json in ``output_dir``.
 
     Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
-    fails writes its own error log and a failed summary (the others are then stopped)."""
+    fails writes its own error log and a failed summary (the others are then stopped).
+    ``probe``: a privacy audit's canaries, handed to the DP strategy (dpresearch.audit)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     choices = dict(choices or {})
@@ -132,6 +148,9 @@ def run(
     throughput = Throughput()
     trainer: pl.Trainer | None = None
     try:
+        ckpt_path = resume_path(cfg, out)
+        check_optimizer(cfg.optimizer)
+        checkpointing = bool(cfg.get("run", {}).get("checkpoint", True))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         sampling = build(cfg.sampler)
         privacy = build(cfg.privacy)
@@ -161,13 +180,18 @@ def run(
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp)
         summary["engine"] = plan.engine
+        if probe is not None:
+            strategy.probe = probe
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
         module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
         tags, extra = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False,
                              extra_tags=tags, extra_config=extra)  # fmt: skip
-        callbacks = [throughput, PrivacyMetrics(), MetricsRecorder(out / "metrics.jsonl")]
+        callbacks = [throughput, PrivacyMetrics(), PrivacyState(), RandomState(),
+                     MetricsRecorder(out / "metrics.jsonl")]  # fmt: skip
+        if checkpointing:
+            callbacks.append(checkpoint_callback(out))
         pruning = trial_pruning(cfg)
         if pruning is not None:
             callbacks.append(pruning)
@@ -178,14 +202,20 @@ def run(
             callbacks=callbacks,
             default_root_dir=str(out),
             use_distributed_sampler=False,
+            enable_checkpointing=checkpointing,
         )
         summary["world_size"] = trainer.world_size
-        trainer.fit(module, datamodule=datamodule)
+        summary["resumed_from"] = ckpt_path
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if hasattr(strategy, "reduce_stats"):
             summary.update(strategy.reduce_stats())
         val_acc = trainer.callback_metrics.get("val_acc")
         summary["val_accuracy"] = float(val_acc) if val_acc is not None else None
         if isinstance(strategy, DPSGD):
+            summary["stopped_by_budget"] = strategy.stopped_by_budget
+            summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
+            if strategy.stopped_by_budget and checkpointing:
+                trainer.save_checkpoint(out / "checkpoints" / LAST)
             eps = strategy.epsilon()
             summary.update(
                 epsilon=eps.epsilon,
@@ -211,8 +241,8 @@ def run(
             trainer.strategy.root_device if trainer else torch.device("cpu")
         )
         summary["wall_s"] = time.perf_counter() - start
-        if trainer is None or summary["status"] != "completed":
-            summary.setdefault("steps", None)
+        if summary["status"] == "failed":  # the steps taken, not the plan's
+            summary["steps"] = trainer.global_step if trainer is not None else None
         if process_rank(trainer) == 0 or summary["status"] == "failed":
             summary = write_summary(out / "summary.json", summary)
             _finish_wandb(logger, summary)

@@ -1,5 +1,5 @@
-"""Test-only models for the data-parallel tests, importable by `python run.py` subprocesses
-(the tests put this folder on PYTHONPATH and name them in `model._target_`)."""
+"""Test-only models, named in `model._target_`: `ddp_helpers.X` from `python run.py`
+subprocesses (the tests put this folder on PYTHONPATH), `tests.ddp_helpers.X` in-process."""
 
 from __future__ import annotations
 
@@ -40,3 +40,16 @@ class FailingNet(nn.Module):
             if int(os.environ.get("LOCAL_RANK", 0)) == self.rank and self.calls >= self.fail_at:
                 raise RuntimeError(f"deliberate failure on rank {self.rank}")
         return self.fc(x.flatten(1))
+
+
+class GroupedConvNet(nn.Module):
+    """A grouped convolution, which the bk engine has no rule for (hooks has)."""
+
+    def __init__(self, num_classes: int, in_channels: int, **_: object):
+        super().__init__()
+        self.widen = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grouped(self.widen(x)).mean((2, 3)))

@@ -58,6 +58,7 @@ def test_transient_peak_counts_live_tensors_not_totals() -> None:
 def test_unknown_method_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"dp_bk"):
         parse_method("dp_fast")
+    assert parse_method("dp_bk_secure") == "bk" and parse_method("nonprivate") is None
 
 
 def test_benchmark_is_a_wandb_run_of_job_type_benchmark(monkeypatch, tmp_path) -> None:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
 # One logical step per Lightning batch; plain SGD so a step is exactly -lr * gradient.
 STEP = ["optimizer=sgd", "optimizer.momentum=0", "optimizer.lr=0.5", "trainer.max_epochs=1",
-        "trainer.enable_checkpointing=true", "sampler.max_physical_batch_size=48"]  # fmt: skip
+        "sampler.max_physical_batch_size=48"]  # fmt: skip
 NOISELESS = ["privacy.target_epsilon=null", "privacy.noise_multiplier=0"]
 
 
@@ -140,7 +140,7 @@ def test_noise_enters_once_not_once_per_rank(tmp_path) -> None:
     sigma, clip, batch, lr = 2.0, 0.7, 32, 0.5
     out = tmp_path / "noise"
     done = run_py(*FAST, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
-                  "trainer.enable_checkpointing=true", "model._target_=ddp_helpers.ZeroOutputNet",
+                  "model._target_=ddp_helpers.ZeroOutputNet",
                   "clipping.engine=bk", f"clipping.max_grad_norm={clip}",
                   "privacy.target_epsilon=null", f"privacy.noise_multiplier={sigma}",
                   f"sampler.expected_batch_size={batch}", "optimizer=sgd",

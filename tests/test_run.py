@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpresearch.data.base import DataError
 from dpresearch.privacy import PrivacyConfigError
 from dpresearch.tracking.summary import SUMMARY_KEYS
 from dpresearch.train import run
@@ -113,15 +115,38 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
         (["privacy.accountant=moments"], "accountant"),
         (["clipping.engine=fast"], "clipping.engine"),
         (["trainer.compile=true", "clipping.engine=hooks"], "clipping.engine=bk"),
+        (["optimizer.lr=-0.1"], "optimizer.lr"),
+        (["optimizer.lr=nan"], "optimizer.lr"),
+        (["privacy.noise_multiplier=nan", "privacy.target_epsilon=null"], "noise_multiplier"),
+        (
+            ["model._target_=tests.ddp_helpers.GroupedConvNet", "clipping.engine=bk"],
+            r"grouped \(Conv2d\).*groups=2.*hooks",
+        ),
+        (["finetune=lora", "finetune.target_modules=[nonexistent]"], "target_modules"),
+        (["dataset=cifar10", "dataset.data_dir=/nonexistent/data"], "dataset.download=true"),
+        (
+            [
+                "dataset=text_files",
+                "dataset.train=TMP/a.csv",
+                "dataset.test=TMP/a.csv",
+                "model=minilm",
+                "dataset.label_column=stars",
+            ],
+            "dataset.label_column",
+        ),
+        (["run.resume=true"], "hydra.run.dir"),
     ],
 )
 def test_bad_input_is_refused_before_training(compose_cfg, tmp_path, overrides, match) -> None:
-    cfg = compose_cfg(FAST + overrides)
-    with pytest.raises((PrivacyConfigError, ValueError), match=match):
-        run(cfg, tmp_path)
-    saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["status"] == "failed" and match.split()[0] in saved["error"]
-    assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained
+    (tmp_path / "a.csv").write_text("text,label\nsome text,0\nmore text,1\n")
+    out = tmp_path / "run"
+    cfg = compose_cfg(FAST + [o.replace("TMP", str(tmp_path)) for o in overrides])
+    with pytest.raises((PrivacyConfigError, ValueError, DataError), match=match):
+        run(cfg, out)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["status"] == "failed" and re.search(match, saved["error"])
+    assert saved["steps"] is None
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
 def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:

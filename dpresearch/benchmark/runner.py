@@ -27,15 +27,16 @@ from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
 
 NONPRIVATE = "nonprivate"
+SECURE = "_secure"  # dp_<engine>_secure: noise from os.urandom (privacy.secure_rng=true)
 
 
 def parse_method(method: str) -> str | None:
     """The engine a method name asks for (None: non-private); clear error otherwise."""
     if method == NONPRIVATE:
         return None
-    engine = method.removeprefix("dp_")
+    engine = method.removeprefix("dp_").removesuffix(SECURE)
     if not method.startswith("dp_") or engine not in ENGINES:
-        choices = [NONPRIVATE, *(f"dp_{e}" for e in ENGINES)]
+        choices = [NONPRIVATE, *(f"dp_{e}" for e in ENGINES), f"dp_bk{SECURE}"]
         raise ValueError(f"bench.methods: unknown method {method!r}; choose from {choices}")
     return engine
 
@@ -80,7 +81,8 @@ class Method:
         self.physical = physical
         self.noise_std = noise_std
         self.expected = expected_batch_size
-        self.generator = torch.Generator(device=device).manual_seed(0)
+        secure = name.endswith(SECURE)  # None: add_noise draws from the secure source
+        self.generator = None if secure else torch.Generator(device=device).manual_seed(0)
 
     def _losses(self, x: Any, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"example_losses": F.cross_entropy(self.model(x), y, reduction="none")}

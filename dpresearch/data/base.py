@@ -104,6 +104,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.augment = augment
         self.train_set: TensorSet | None = None
         self.train_batch_sampler = None
+        self._restored_sampler: dict | None = None
 
     def attach_sampler(self, sampler: Sampling, seed: int) -> None:
         """How training batches are drawn (the ``sampler`` group), seeded by the run."""
@@ -163,9 +164,22 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.train_batch_sampler = self.sampler.build(
                 len(self.train_set), self.sampler_seed, rank, world
             )
+        if self._restored_sampler is not None:
+            self.train_batch_sampler.load_state_dict(self._restored_sampler)
+            self._restored_sampler = None
         return DataLoader(
             self.train_set, batch_sampler=self.train_batch_sampler, collate_fn=_identity_collate
         )
+
+    def state_dict(self) -> dict:
+        """The training sampler's generator, saved in checkpoints: a resumed run draws the
+        batches the uninterrupted run would have drawn."""
+        if self.train_batch_sampler is None:
+            return {}
+        return {"train_batch_sampler": self.train_batch_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored_sampler = state.get("train_batch_sampler")
 
     def _eval_loader(self, dataset: TensorSet) -> DataLoader:
         batches = BatchSampler(SequentialSampler(dataset), self.eval_batch_size, drop_last=False)

@@ -233,7 +233,11 @@ class TextFiles(TextDataModule):
         for path, rows in ((self.train_path, train), (self.test_path, test)):
             missing = {*self.text_columns, self.label_column} - set(rows[0] if rows else {})
             if missing:
-                raise DataError(f"{path} has no column(s) {sorted(missing)}")
+                has = sorted(rows[0]) if rows else []
+                raise DataError(
+                    f"{path} has no column(s) {sorted(missing)} (its columns: {has}); set "
+                    "dataset.text_columns=[...] and dataset.label_column=... to its columns"
+                )
         raw = [r[self.label_column] for r in train + test]
         names = sorted({str(v) for v in raw})
         as_int = all(str(v).lstrip("-").isdigit() for v in raw)

@@ -10,7 +10,7 @@ from dpresearch.privacy.accounting import (
     calibrate_noise,
     compute_epsilon,
 )
-from dpresearch.privacy.callback import PrivacyMetrics
+from dpresearch.privacy.callback import PrivacyMetrics, PrivacyState
 from dpresearch.privacy.plan import PrivacyPlan, build_strategy, make_plan
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy, PrivacyConfigError
 from dpresearch.privacy.strategy import DPSGD, DPStrategy, PhysicalBatching, PhysicalBatchStrategy
@@ -27,6 +27,7 @@ __all__ = [
     "PhysicalBatching",
     "PrivacyConfigError",
     "PrivacyMetrics",
+    "PrivacyState",
     "PrivacyPlan",
     "build_strategy",
     "calibrate_noise",

@@ -14,6 +14,7 @@ the budget and capped by a grid size; where even that fails, RDP answers and the
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -114,6 +115,7 @@ def _prv_epsilon(
     return max(float(low), 0.0), max(float(est), 0.0), max(float(up), 0.0)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked again for the same steps (plan, guard)
 def compute_epsilon(
     sample_rate: float,
     noise_multiplier: float,
@@ -143,6 +145,30 @@ def compute_epsilon(
         note = "RDP bound was tighter than the PRV upper bound"
         return EpsilonResult(eps_rdp, low, est, up, "rdp", "prv", note)
     return EpsilonResult(up, low, est, up, "prv", "prv")
+
+
+def steps_within_budget(
+    target_epsilon: float,
+    sample_rate: float,
+    noise_multiplier: float,
+    max_steps: int,
+    delta: float,
+    accountant: str = "prv",
+) -> int:
+    """The most steps, up to ``max_steps``, whose reported epsilon stays at most the target
+    (epsilon grows with the steps, so a bisection finds it)."""
+
+    def within(steps: int) -> bool:
+        eps = compute_epsilon(sample_rate, noise_multiplier, steps, delta, accountant).epsilon
+        return eps <= target_epsilon
+
+    if within(max_steps):
+        return max_steps
+    low, high = 0, max_steps  # within(low), not within(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if within(mid) else (low, mid)
+    return low
 
 
 def calibrate_noise(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from dpresearch.privacy.spec import PrivacyConfigError
 from dpresearch.privacy.strategy import DPSGD
 
 
@@ -28,3 +29,25 @@ class PrivacyMetrics(pl.Callback):
         pl_module.log("dp_steps", float(strategy.dp_steps), sync_dist=True)
         pl_module.log("noise_multiplier", strategy.noise_multiplier, sync_dist=True)
         pl_module.log("sample_rate", strategy.sample_rate, sync_dist=True)
+
+
+class PrivacyState(pl.Callback):
+    """Carries the DP strategy's state in every checkpoint (steps spent, the mechanism, the
+    noise stream) and gives it back on resume, so epsilon continues instead of restarting."""
+
+    KEY = "dp_state"
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        if isinstance(trainer.strategy, DPSGD):
+            checkpoint[self.KEY] = trainer.strategy.dp_state_dict()
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        strategy = trainer.strategy
+        if not isinstance(strategy, DPSGD):
+            return
+        if self.KEY not in checkpoint:
+            raise PrivacyConfigError(
+                "the checkpoint holds no DP state (it was saved by a non-private run): "
+                "resuming it under DP would count its steps as free; start a new run"
+            )
+        strategy.load_dp_state_dict(checkpoint[self.KEY])

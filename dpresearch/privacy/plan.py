@@ -122,5 +122,7 @@ def build_strategy(
         factors=clipping.factors,
         engine=plan.engine,
         per_layer=clipping.per_layer,
+        target_epsilon=privacy.target_epsilon,
+        secure_rng=privacy.secure_rng,
         **where,
     )

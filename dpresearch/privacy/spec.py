@@ -25,6 +25,7 @@ class DPSpec:
     delta: float = 1e-5
     accountant: str = "prv"
     noise_seed: int | None = None  # None: derived from the run's seed
+    secure_rng: bool = False  # noise from os.urandom instead of the seeded generator
 
     enabled = True
 

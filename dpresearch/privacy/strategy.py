@@ -20,6 +20,7 @@ local sums once per logical step, and only rank 0 adds noise, before that reduct
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,10 +31,12 @@ from pytorch_lightning.strategies import SingleDeviceStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 
 from dpresearch.data.padding import count_real
-from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
+from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon, steps_within_budget
 from dpresearch.privacy.engines import Engine, make_engine
 from dpresearch.privacy.noise import add_noise
-from dpresearch.privacy.spec import FixedClipping
+from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
+
+log = logging.getLogger(__name__)
 
 
 def batch_size(batch: Any) -> int:
@@ -152,9 +155,13 @@ class DPSGD(PhysicalBatching):
         factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
         engine: str = "hooks",
         per_layer: bool = False,
+        target_epsilon: float | None = None,
+        secure_rng: bool = False,
         **strategy_kwargs: Any,
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
+        self.target_epsilon = target_epsilon  # set: sigma was calibrated, and the budget guards
+        self.secure_rng = secure_rng
         self.factors = factors or FixedClipping(max_grad_norm).factors
         self.engine_name = engine
         self.per_layer = per_layer
@@ -170,6 +177,10 @@ class DPSGD(PhysicalBatching):
         self._generator: torch.Generator | None = None
         self._pending = False
         self._epsilon_cache: tuple[int, EpsilonResult] | None = None
+        self._restored_generator: torch.Tensor | None = None
+        self.max_dp_steps: int | None = None  # the budget guard's limit
+        self.stopped_by_budget = False
+        self.probe: Any = None  # an audit's canaries (dpresearch.privacy.auditing); None in runs
 
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)
@@ -180,7 +191,88 @@ class DPSGD(PhysicalBatching):
         self.engine = make_engine(
             self.engine_name, self.lightning_module, self.factors, self.per_layer
         )
-        self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
+        if self.probe is not None:
+            self.probe.setup(self.engine.params, self.sample_rate, self.max_grad_norm)
+        if not self.secure_rng:
+            self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
+            if self._restored_generator is not None:
+                self._generator.set_state(self._restored_generator)
+                self._restored_generator = None
+
+    # --- resuming: the DP state a checkpoint carries -------------------------------------
+    def dp_state_dict(self) -> dict:
+        """What resuming needs beyond the model and optimizer: the steps already spent (the
+        accountant's history), the mechanism's parameters, and the noise stream."""
+        generator = self._generator.get_state() if self._generator is not None else None
+        return {"dp_steps": self.dp_steps, "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate, "delta": self.delta,
+                "accountant": self.accountant, "max_grad_norm": self.max_grad_norm,
+                "noise_generator": generator}  # fmt: skip
+
+    def load_dp_state_dict(self, state: dict) -> None:
+        """Continue a checkpoint's mechanism. Its sample rate, delta, accountant and clipping
+        threshold must match this run's: one accountant history cannot mix mechanisms. A
+        calibrated sigma (target_epsilon set) is replaced by the checkpoint's (the noise
+        already spent), and the budget guard then stops the run at the target."""
+        mismatched = [
+            f"{key} (checkpoint {state[key]}, this run {getattr(self, key)})"
+            for key in ("sample_rate", "delta", "accountant", "max_grad_norm")
+            if state[key] != getattr(self, key)
+        ]
+        sigma = state["noise_multiplier"]
+        if sigma != self.noise_multiplier:
+            if self.target_epsilon is None:
+                mismatched.append(
+                    f"noise_multiplier (checkpoint {sigma}, this run {self.noise_multiplier})"
+                )
+            else:
+                log.warning(
+                    "resuming keeps the checkpoint's noise multiplier %.4f (this run's config "
+                    "would calibrate %.4f for its own number of steps)", sigma,
+                    self.noise_multiplier,
+                )  # fmt: skip
+                self.noise_multiplier = sigma
+        if mismatched:
+            raise PrivacyConfigError(
+                "cannot resume: the checkpoint's DP mechanism differs in "
+                + "; ".join(mismatched)
+                + ". Resume with the checkpoint's settings, or start a new run"
+            )
+        self.dp_steps = int(state["dp_steps"])
+        self._epsilon_cache = None
+        if state.get("noise_generator") is not None and not self.secure_rng:
+            self._restored_generator = state["noise_generator"]
+            if self._generator is not None:
+                self._generator.set_state(self._restored_generator)
+                self._restored_generator = None
+
+    # --- the budget guard ---------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """With a target epsilon, find the last step within it and stop before any step
+        beyond it (a resumed run may already be there)."""
+        super().on_train_start()
+        if self.target_epsilon is None:
+            return
+        planned = int(self.lightning_module.trainer.estimated_stepping_batches)
+        self.max_dp_steps = steps_within_budget(
+            self.target_epsilon, self.sample_rate, self.noise_multiplier, planned, self.delta,
+            self.accountant,
+        )  # fmt: skip
+        self._stop_if_spent()
+
+    def _stop_if_spent(self) -> None:
+        trainer = self.lightning_module.trainer
+        if self.max_dp_steps is None or self.dp_steps < self.max_dp_steps:
+            return
+        if self.dp_steps < trainer.estimated_stepping_batches:
+            self.stopped_by_budget = True
+            log.warning(
+                "privacy budget reached: %d DP steps give epsilon %.4f of the target %.4f; "
+                "stopping before step %d of %d (the run is saved as it is)",
+                self.dp_steps, self.epsilon().epsilon, self.target_epsilon, self.dp_steps + 1,
+                int(trainer.estimated_stepping_batches),
+            )  # fmt: skip
+        trainer.should_stop = True
 
     def training_step(self, *args: Any, **kwargs: Any):
         output = None
@@ -203,14 +295,21 @@ class DPSGD(PhysicalBatching):
         if not self._pending:
             raise RuntimeError("DPStrategy.backward without a DP training_step before it")
         sums = self.engine.take_sums()
+        if self.probe is not None:
+            self.probe.add(sums)  # audit canaries join the clipped sum like examples
         if self.is_global_zero:
             std = self.noise_multiplier * self.max_grad_norm
-            sums = [add_noise(s, std, self._generator) for s in sums]
+            if self.probe is not None:
+                std *= self.probe.noise_scale  # 1, or 0 in a deliberately broken audit run
+            sums = [add_noise(s, std, self._generator) for s in sums]  # None: secure source
         self._reduce_with_count(sums)
+        if self.probe is not None:
+            self.probe.observe(sums)  # what the step releases
         for p, s in zip(self.engine.params, sums):
             p.grad = s / self.expected_batch_size
         self._pending = False
         self.dp_steps += 1
+        self._stop_if_spent()
         return closure_loss
 
     def epsilon(self) -> EpsilonResult:

@@ -59,9 +59,15 @@ def _wandb_logged_in() -> bool:
 
 
 def csv_logger(save_dir: str, **_: object):
+    """csv/metrics.csv; a resumed run (the folder already has one) writes csv/resumed_N/
+    instead of replacing it."""
     from pytorch_lightning.loggers import CSVLogger
 
-    return CSVLogger(save_dir=save_dir, name="csv", version="")
+    root, version, n = Path(save_dir) / "csv", "", 0
+    while (root / version / "metrics.csv").exists():
+        n += 1
+        version = f"resumed_{n}"
+    return CSVLogger(save_dir=save_dir, name="csv", version=version)
 
 
 def no_logger(save_dir: str, **_: object) -> bool:

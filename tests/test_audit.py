@@ -1,0 +1,74 @@
+"""The one-run privacy audit: its statistics against randomized response, and end to end on
+a correct run and on deliberately broken ones."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from dpresearch.audit import run_audit
+from dpresearch.privacy.auditing import audit, epsilon_lower_bound, p_value
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FAST = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.max_epochs=5",
+        "privacy.target_epsilon=1"]  # fmt: skip
+
+
+def audit_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("audit", overrides=overrides)
+
+
+def test_perfect_guesses_give_the_binomial_bound() -> None:
+    # delta 0: all r guesses right has probability q^r; the bound solves q^r = significance.
+    r, sig = 100, 0.05
+    q = sig ** (1 / r)
+    assert epsilon_lower_bound(1000, r, r, 0.0, sig) == pytest.approx(math.log(q / (1 - q)), 1e-6)
+    assert epsilon_lower_bound(1000, r, r // 2, 1e-5, sig) == 0.0  # chance level: nothing
+    # delta only loosens the test, and the p-value falls as epsilon grows.
+    assert epsilon_lower_bound(1000, r, r, 1e-5, sig) <= epsilon_lower_bound(1000, r, r, 0.0, sig)
+    ps = [p_value(1000, 100, 90, e, 1e-5) for e in (0.5, 1, 2, 4)]
+    assert ps == sorted(ps)
+
+
+def test_lower_bound_is_valid_for_randomized_response() -> None:
+    """Canaries under epsilon-DP randomized response (score = the noisy membership bit): the
+    audit's 95% lower bound exceeds the true epsilon in at most ~5% of repetitions."""
+    eps, m, trials = 1.0, 1000, 200
+    rng = np.random.default_rng(0)
+    keep = 1 / (1 + math.exp(-eps))
+    exceed = 0
+    for _ in range(trials):
+        included = rng.random(m) < 0.5
+        reported = np.where(rng.random(m) < keep, included, ~included)
+        scores = reported + 1e-3 * rng.random(m)  # ties broken at random
+        exceed += audit(scores, included, delta=0.0).epsilon_lower_bound > eps
+    assert exceed <= 0.05 * trials + 2 * math.sqrt(0.05 * 0.95 * trials)
+    # ...and it is not vacuous: with a strong signal it is close to the truth.
+    bounds = [audit(reported + 1e-3 * rng.random(m), included, 0.0).epsilon_lower_bound]
+    assert bounds[0] > 0
+
+
+def test_correct_run_is_consistent_and_broken_runs_are_caught(tmp_path) -> None:
+    ok = run_audit(audit_cfg(FAST), tmp_path / "ok")
+    assert ok["consistent"] and ok["epsilon_lower_bound"] < ok["claimed_epsilon"] <= 1.0
+    assert ok["steps"] == 25 and (tmp_path / "ok" / "audit.json").exists()
+    for sabotage in ("noise", "clipping"):
+        broken = run_audit(audit_cfg([*FAST, f"audit.sabotage={sabotage}"]), tmp_path / sabotage)
+        assert not broken["consistent"], sabotage
+        assert broken["epsilon_lower_bound"] > broken["claimed_epsilon"] > 0.9
+
+
+def test_audit_refuses_what_it_cannot_audit(tmp_path) -> None:
+    with pytest.raises(ValueError, match="privacy=dp"):
+        run_audit(audit_cfg(["privacy=none"]), tmp_path)
+    with pytest.raises(ValueError, match="sabotage"):
+        run_audit(audit_cfg([*FAST, "audit.sabotage=everything"]), tmp_path)
+    with pytest.raises(ValueError, match="lower audit.canaries"):
+        run_audit(audit_cfg([*FAST, "audit.canaries=10000000"]), tmp_path / "big")

@@ -1,10 +1,11 @@
 """`python -m dpresearch.audit +experiment=NAME`: an empirical lower bound on the run's epsilon.
 
-Trains the configured run once, with white-box gradient canaries inside the DP strategy
-(``dpresearch.privacy.auditing.GradientCanaries``), then guesses which canaries were included
-from their scores and turns the number of correct guesses into a lower bound on epsilon at
-``audit.confidence``. A correct implementation gives a bound below the epsilon it claims; a
-bound above the claim means the run does not deliver its guarantee.
+Trains the configured run once with canaries: white-box gradient canaries inside the DP
+strategy (``audit.kind=gradient``, the strongest, fast) or mislabeled input examples in the
+training set scored by the final model's loss (``audit.kind=input``). Then it guesses which
+canaries were included from their scores and turns the number of correct guesses into a
+lower bound on epsilon at ``audit.confidence``. A correct implementation gives a bound below
+the epsilon it claims; a bound above the claim means the run does not deliver its guarantee.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from dpresearch.privacy.auditing import GradientCanaries, audit
+from dpresearch.privacy.auditing import GradientCanaries, InputCanaries, audit
 from dpresearch.train import run
+
+KINDS = {
+    "gradient": (GradientCanaries, "gradient (white-box, every step observed)"),
+    "input": (InputCanaries, "input (black-box, final model's loss on mislabeled examples)"),
+}
 
 
 def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
@@ -28,7 +34,10 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         raise ValueError("an audit needs a DP run (privacy=dp): there is no claim to check")
     if cfg.trainer.get("ddp") is not None:
         raise ValueError("audit one process at a time: drop trainer=ddp")
-    probe = GradientCanaries(options.canaries, options.seed, options.sabotage)
+    if options.kind not in KINDS:
+        raise ValueError(f"audit.kind={options.kind!r} is not one of {list(KINDS)}")
+    kind, description = KINDS[options.kind]
+    probe = kind(options.canaries, options.seed, options.sabotage)
     summary = run(cfg, output_dir, choices, probe=probe)
     result = audit(probe.scores.numpy(), probe.included.numpy(), summary["delta"],
                    options.confidence, tuple(options.guess_fractions))  # fmt: skip
@@ -38,7 +47,7 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         "claimed_epsilon": claimed,
         "consistent": result.epsilon_lower_bound <= claimed,
         "sabotage": options.sabotage,
-        "kind": "gradient (white-box, every step observed)",
+        "kind": description,
         "steps": probe.steps,
         "experiment": summary.get("experiment"),
         "test_accuracy": summary.get("test_accuracy"),
@@ -54,7 +63,8 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
 
 
 def print_result(record: dict, path: Path) -> None:
-    table = Table(title=f"privacy audit of {record['experiment']} (sabotage: {record['sabotage']})")
+    table = Table(title=f"privacy audit of {record['experiment']}: {record['kind']}, "
+                        f"sabotage {record['sabotage']}")  # fmt: skip
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("claimed epsilon", f"{record['claimed_epsilon']:.3f}")

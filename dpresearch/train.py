@@ -168,6 +168,8 @@ def run(
         )
         datamodule.prepare_data()
         datamodule.setup("fit")
+        if probe is not None:
+            probe.prepare_data(datamodule)  # an audit's input canaries join the training set
         model = build(cfg.model, **datamodule.model_kwargs())
         model = scope.apply(model)
         summary.update(parameter_counts(model))
@@ -181,6 +183,8 @@ def run(
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp)
         summary["engine"] = plan.engine
         if probe is not None:
+            if not isinstance(strategy, DPSGD):
+                raise ValueError("an audit needs a DP run (privacy=dp): there is no claim to check")
             strategy.probe = probe
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
@@ -207,6 +211,8 @@ def run(
         summary["world_size"] = trainer.world_size
         summary["resumed_from"] = ckpt_path
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if probe is not None:
+            probe.finish(module)
         if hasattr(strategy, "reduce_stats"):
             summary.update(strategy.reduce_stats())
         val_acc = trainer.callback_metrics.get("val_acc")

@@ -3,6 +3,7 @@ a correct run and on deliberately broken ones."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -72,3 +73,17 @@ def test_audit_refuses_what_it_cannot_audit(tmp_path) -> None:
         run_audit(audit_cfg([*FAST, "audit.sabotage=everything"]), tmp_path)
     with pytest.raises(ValueError, match="lower audit.canaries"):
         run_audit(audit_cfg([*FAST, "audit.canaries=10000000"]), tmp_path / "big")
+
+
+def test_input_canaries_join_the_training_set_and_are_scored(tmp_path) -> None:
+    cfg = audit_cfg([*FAST, "audit.kind=input", "audit.canaries=200"])
+    record = run_audit(cfg, tmp_path / "input")
+    assert record["consistent"] and record["canaries"] == 200
+    assert record["kind"].startswith("input")
+    summary = json.loads((tmp_path / "input" / "summary.json").read_text())
+    # 200 examples left the training set; the included ones came back with wrong labels.
+    assert summary["num_train"] == 1294 - 200 + record["included"]
+    with pytest.raises(ValueError, match="lower audit.canaries"):
+        run_audit(audit_cfg([*FAST, "audit.kind=input", "audit.canaries=900"]), tmp_path / "x")
+    with pytest.raises(ValueError, match="audit.kind"):
+        run_audit(audit_cfg([*FAST, "audit.kind=membership"]), tmp_path / "y")

@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from scipy import stats
+from torch.nn import functional as F
+
+from dpresearch.data.base import TensorSet, take
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -95,20 +98,14 @@ def audit(
                        int(included.sum()), confidence, delta, rows)  # fmt: skip
 
 
-class GradientCanaries:
-    """White-box canaries: m gradients that the DP strategy adds to its clipped sum.
-
-    Canary i is a Dirac gradient, s_i * C * e_{c_i}: norm C (the clipping threshold, the
-    largest an example may contribute) on one coordinate c_i of the trainable parameters, with
-    a random sign s_i. Each canary is included with probability 1/2; an included canary joins
-    each step with probability q, like an example under Poisson sampling, so the run's
-    (q, sigma, steps) guarantee covers it. The auditor sees every step's noisy sum (all
-    iterates: the strongest observer) and scores canary i by s_i * (sum over steps of that sum
-    at c_i). The other examples' gradients at c_i only add noise to the scores.
+class Canaries:
+    """What an audit adds to a run: canaries in the data (``prepare_data``), in the DP
+    strategy's step (``setup``, ``add``, ``observe``), and scores after training (``finish``).
+    Each is included independently with probability 1/2 (``included``); ``scores`` are higher
+    for canaries that look included.
 
     ``sabotage`` breaks the mechanism on purpose, to show the audit catches it: ``noise`` adds
-    no noise while the accountant still counts sigma; ``clipping`` gives canaries 50x the
-    clipping threshold (an implementation that forgot to clip).
+    no noise while the accountant still counts sigma; ``clipping`` leaves gradients unclipped.
     """
 
     SABOTAGE = ("none", "noise", "clipping")
@@ -122,11 +119,46 @@ class GradientCanaries:
         self.noise_scale = 0.0 if sabotage == "noise" else 1.0
         self.generator = torch.Generator().manual_seed(seed)
         self.included = torch.rand(canaries, generator=self.generator) < 0.5
-        self.signs = torch.randint(0, 2, (canaries,), generator=self.generator) * 2.0 - 1.0
         self.scores = torch.zeros(canaries, dtype=torch.float64)
         self.steps = 0
 
-    def setup(self, params: list[torch.nn.Parameter], sample_rate: float, clip: float) -> None:
+    def prepare_data(self, datamodule) -> None:
+        """Called once the DataModule has its splits, before the privacy plan."""
+
+    def setup(self, strategy) -> None:
+        """Called by the DP strategy once its engine exists."""
+
+    def add(self, sums: list[torch.Tensor]) -> None:
+        """The step's clipped sum, before noise."""
+
+    def observe(self, sums: list[torch.Tensor]) -> None:
+        """The step's noisy sum (what the step releases)."""
+        self.steps += 1
+
+    def finish(self, module: torch.nn.Module) -> None:
+        """The trained LightningModule, after the last step."""
+
+
+class GradientCanaries(Canaries):
+    """White-box canaries: m gradients that the DP strategy adds to its clipped sum.
+
+    Canary i is a Dirac gradient, s_i * C * e_{c_i}: norm C (the clipping threshold, the
+    largest an example may contribute) on one coordinate c_i of the trainable parameters, with
+    a random sign s_i. Each canary is included with probability 1/2; an included canary joins
+    each step with probability q, like an example under Poisson sampling, so the run's
+    (q, sigma, steps) guarantee covers it. The auditor sees every step's noisy sum (all
+    iterates: the strongest observer) and scores canary i by s_i * (sum over steps of that sum
+    at c_i). The other examples' gradients at c_i only add noise to the scores.
+    Sabotage ``clipping`` gives the canaries 50x the clipping threshold.
+    """
+
+    def __init__(self, canaries: int, seed: int, sabotage: str = "none"):
+        super().__init__(canaries, seed, sabotage)
+        self.signs = torch.randint(0, 2, (canaries,), generator=self.generator) * 2.0 - 1.0
+
+    def setup(self, strategy) -> None:
+        params = strategy.engine.params
+        sample_rate, clip = strategy.sample_rate, strategy.max_grad_norm
         total = sum(p.numel() for p in params)
         if self.m > total:
             raise ValueError(
@@ -148,4 +180,59 @@ class GradientCanaries:
     def observe(self, sums: list[torch.Tensor]) -> None:
         flat = torch.cat([s.detach().reshape(-1).cpu() for s in sums]).double()
         self.scores += self.signs.double() * flat[self.coords]
-        self.steps += 1
+        super().observe(sums)
+
+
+class InputCanaries(Canaries):
+    """Black-box canaries: m training examples given a wrong label (hard to learn without
+    memorizing them). They leave the training set; the included half comes back in, and each
+    is then Poisson-sampled like any example. After training, canary i scores minus its loss
+    under its wrong label: the auditor needs only the final model's outputs. Much weaker than
+    gradient canaries, but it audits the whole pipeline, data to model.
+
+    Sabotage ``clipping`` switches per-example clipping off for every example.
+    """
+
+    def prepare_data(self, datamodule) -> None:
+        train = datamodule.train_set
+        n, classes = len(train), datamodule.num_classes
+        if self.m > n // 2:
+            raise ValueError(
+                f"audit.canaries={self.m} is more than half of the {n} training examples: "
+                "lower audit.canaries"
+            )
+        chosen = torch.randperm(n, generator=self.generator)[: self.m]
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[chosen] = False
+        shift = torch.randint(1, classes, (self.m,), generator=self.generator)
+        x, y = take(train.x, chosen), (train.y[chosen] + shift) % classes  # a wrong label
+        self.canary_set = TensorSet(x, y, train.transform)
+        inside = self.included.nonzero(as_tuple=True)[0]
+        datamodule.train_set = TensorSet(
+            _cat(take(train.x, keep.nonzero(as_tuple=True)[0]), take(x, inside)),
+            torch.cat([train.y[keep], y[inside]]),
+            train.transform,
+        )
+
+    def setup(self, strategy) -> None:
+        if self.sabotage == "clipping":
+            strategy.engine.factors = torch.ones_like  # every example keeps its whole gradient
+
+    @torch.no_grad()
+    def finish(self, module: torch.nn.Module) -> None:
+        was_training = module.training
+        module.eval()
+        losses = []
+        for start in range(0, self.m, 256):
+            x, y = self.canary_set.__getitems__(list(range(start, min(start + 256, self.m))))
+            x = {k: v.to(module.device) for k, v in x.items()} if isinstance(x, dict) else x
+            logits = module(x.to(module.device) if isinstance(x, torch.Tensor) else x)
+            losses.append(F.cross_entropy(logits, y.to(module.device), reduction="none").cpu())
+        self.scores = -torch.cat(losses).double()
+        module.train(was_training)
+
+
+def _cat(a, b):
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])

@@ -192,7 +192,7 @@ class DPSGD(PhysicalBatching):
             self.engine_name, self.lightning_module, self.factors, self.per_layer
         )
         if self.probe is not None:
-            self.probe.setup(self.engine.params, self.sample_rate, self.max_grad_norm)
+            self.probe.setup(self)
         if not self.secure_rng:
             self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
             if self._restored_generator is not None:

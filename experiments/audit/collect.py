@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
-KEYS = ["run", "sabotage", "claimed_epsilon", "epsilon_lower_bound", "consistent", "correct",
-        "guesses", "canaries", "included", "steps", "noise_multiplier", "sample_rate",
-        "test_accuracy"]  # fmt: skip
+KEYS = ["run", "kind", "sabotage", "claimed_epsilon", "epsilon_lower_bound", "consistent",
+        "correct", "guesses", "canaries", "included", "steps", "noise_multiplier",
+        "sample_rate", "test_accuracy"]  # fmt: skip
 
 
 def main(paths: list[str]) -> None:
@@ -28,7 +28,7 @@ def main(paths: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=KEYS)
         writer.writeheader()
         writer.writerows(rows)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 4))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["claimed_epsilon"] for r in rows], 0.4, label="claimed")
     ax.bar([i + 0.2 for i in x], [r["epsilon_lower_bound"] for r in rows], 0.4,
@@ -37,9 +37,9 @@ def main(paths: list[str]) -> None:
         if not r["consistent"]:
             ax.annotate("violated", (i + 0.2, r["epsilon_lower_bound"]), ha="center",
                         va="bottom", color="red")  # fmt: skip
-    ax.set_xticks(list(x), [r["run"] for r in rows])
+    ax.set_xticks(list(x), [r["run"] for r in rows], rotation=15, fontsize=8)
     ax.set_ylabel("epsilon")
-    ax.set_title("One-run audit, 1,000 gradient canaries (digits, small CNN)")
+    ax.set_title("One-run audits of digits_dp: gradient (1,000) and input (300) canaries")
     ax.legend()
     fig.tight_layout()
     fig.savefig(HERE / "audit.png", dpi=130)

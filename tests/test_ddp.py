@@ -185,3 +185,19 @@ def test_one_wandb_run_per_job_from_rank_zero(tmp_path) -> None:
     runs = list(out.rglob("offline-run-*"))
     assert len(runs) == 1, runs
     assert summary(out)["status"] == "completed" and summary(out)["world_size"] == 2
+
+
+def test_ddp_run_resumes_bit_for_bit(tmp_path) -> None:
+    """2 gloo processes: 2 epochs resumed to 4 equal 4 uninterrupted epochs exactly (rank 0
+    saves the DP state and every rank loads it), with the same epsilon."""
+    args = [*FAST, "trainer=ddp_cpu", "trainer.devices=2", "privacy.target_epsilon=null",
+            "privacy.noise_multiplier=1.0"]  # fmt: skip
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for extra, out in [(["trainer.max_epochs=4"], whole), (["trainer.max_epochs=2"], split),
+                       (["trainer.max_epochs=4", "run.resume=true"], split)]:  # fmt: skip
+        done = run_py(*args, *extra, f"hydra.run.dir={out}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a, b = trained_state(whole), trained_state(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary(split)["epsilon"] == summary(whole)["epsilon"]
+    assert summary(split)["steps"] == 20 and summary(split)["resumed_from"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sqlalchemy.exc import OperationalError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=none", "print_config=false", "trainer.enable_progress_bar=false",
@@ -49,7 +50,7 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
             try:
                 if len(finished(load(tmp_path))) >= 3:
                     break
-            except KeyError:  # the study is not created yet
+            except (KeyError, OperationalError):  # the sweeper is still creating the study
                 pass
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

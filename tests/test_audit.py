@@ -51,9 +51,12 @@ def test_lower_bound_is_valid_for_randomized_response() -> None:
         scores = reported + 1e-3 * rng.random(m)  # ties broken at random
         exceed += audit(scores, included, delta=0.0).epsilon_lower_bound > eps
     assert exceed <= 0.05 * trials + 2 * math.sqrt(0.05 * 0.95 * trials)
-    # ...and it is not vacuous: with a strong signal it is close to the truth.
-    bounds = [audit(reported + 1e-3 * rng.random(m), included, 0.0).epsilon_lower_bound]
-    assert bounds[0] > 0
+    # ...and not vacuous: at epsilon 4 (98% of answers true) it proves more than 1.
+    included = rng.random(m) < 0.5
+    keep = 1 / (1 + math.exp(-4.0))
+    reported = np.where(rng.random(m) < keep, included, ~included)
+    strong = audit(reported + 1e-3 * rng.random(m), included, 0.0).epsilon_lower_bound
+    assert 1.0 < strong <= 4.0
 
 
 def test_correct_run_is_consistent_and_broken_runs_are_caught(tmp_path) -> None:

@@ -239,8 +239,7 @@ def project(args: argparse.Namespace) -> tuple[list[dict], dict]:
         "DP hooks (Poisson, even split)": (factors["dp_hooks"], False, 0.0),
         "DP bk (Poisson per-rank shards)": (factors["dp_bk"], True, 0.0),
     }
-    worlds = sorted({1, 2, 4, 8, 16, 32, 48, 64, args.max_gpus} - {0})
-    worlds = [w for w in worlds if w <= args.max_gpus]
+    worlds = [w for w in sorted({1, 2, 4, 8, 16, 32, 48, 64, args.max_gpus}) if w <= args.max_gpus]
     nbytes = 4 * args.params
     rows = []
     for label, (factor, independent, overlap) in lines.items():

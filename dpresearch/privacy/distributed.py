@@ -6,8 +6,8 @@ of that. What we do not keep is the ``DistributedDataParallel`` wrapper: it all-
 gradients during every backward pass, before any per-example clipping could happen, and once
 per physical batch. Instead each process clips its own examples into a local sum
 (``PhysicalBatching``/``DPSGD``), and the sums of all processes are all-reduced once per
-logical step, in one flat buffer, in ``_reduce_sum``. Rank 0 alone adds the noise before that
-reduction, so the reduced gradient carries one draw of std sigma*C, not one per process.
+logical step, in one flat buffer (``_reduce_with_count``). Rank 0 alone adds the noise before
+that reduction, so the reduced gradient carries one draw of std sigma*C, not one per process.
 Parameters start equal on every process (broadcast from rank 0) and stay equal because every
 process applies the identical reduced gradient.
 """
@@ -47,9 +47,10 @@ class DataParallel:
             for t in itertools.chain(self.model.parameters(), self.model.buffers()):
                 dist.broadcast(t.data, src=0)
 
-    def _reduce_sum(self, tensors: list[torch.Tensor]) -> None:
-        if not tensors:
-            return
+    def _reduce_with_count(self, sums: list[torch.Tensor]) -> int:
+        """All-reduce the sums and the step's real-example count together (one collective)."""
+        count = torch.tensor([float(self._local_examples)], device=self.root_device)
+        tensors = [*sums, count]
         flat = torch.cat([t.reshape(-1) for t in tensors])
         if flat.is_cuda:
             torch.cuda.synchronize(flat.device)  # time the reduction, not the queued compute
@@ -62,6 +63,8 @@ class DataParallel:
         self.reduce_bytes = flat.numel() * flat.element_size()
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
+        self.step_examples = int(count.item())
+        return self.step_examples
 
     def reduce_stats(self) -> dict[str, float]:
         """Mean all-reduce time and size per logical step, for summary.json."""

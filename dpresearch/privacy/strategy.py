@@ -14,8 +14,9 @@ so memory is bounded whatever the sampling rate, and accumulates before the sing
 Both run every physical batch's forward and backward inside ``training_step`` and hand the
 optimizer its gradient in ``backward``, after Lightning's ``zero_grad``. The behaviour lives in
 two mixins (``PhysicalBatching``, ``DPSGD``) so that the same code runs on one device here and
-on many processes in ``dpresearch.privacy.distributed``: there, ``_reduce_sum`` all-reduces the
-local sums once per logical step, and only rank 0 adds noise, before that reduction.
+on many processes in ``dpresearch.privacy.distributed``: there, ``_reduce_with_count``
+all-reduces the local sums once per logical step, and only rank 0 adds noise, before that
+reduction.
 """
 
 from __future__ import annotations
@@ -94,9 +95,6 @@ class PhysicalBatching:
             )
         super().setup(trainer)
 
-    def _reduce_sum(self, tensors: list[torch.Tensor]) -> None:
-        """Sum ``tensors`` in place over all processes (nothing to do on one process)."""
-
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lightning_module.parameters() if p.requires_grad]
 
@@ -108,10 +106,9 @@ class PhysicalBatching:
         ]
 
     def _reduce_with_count(self, sums: list[torch.Tensor]) -> int:
-        """All-reduce the sums and this step's real-example count together (one collective)."""
-        count = torch.tensor([float(self._local_examples)], device=self.root_device)
-        self._reduce_sum([*sums, count])
-        self.step_examples = int(count.item())
+        """Sum ``sums`` in place over all processes and return the step's real examples on
+        all of them. One process: nothing to reduce (no device sync on the hot path)."""
+        self.step_examples = self._local_examples
         return self.step_examples
 
     def training_step(self, *args: Any, **kwargs: Any):

@@ -3,7 +3,7 @@
 # default experiment (digits_dp, epsilon 3, 30 epochs) and of deliberately broken runs that
 # claim epsilon 1 (noise switched off; canaries left unclipped), plus the same correct run
 # claiming epsilon 1: 1,000 white-box gradient canaries each. Then input canaries (300
-# mislabeled examples, black-box) on the default run and on the noiseless one. ~8 minutes.
+# mislabeled examples, black-box) on the default run and on the noiseless one. ~2 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=experiments/audit/raw

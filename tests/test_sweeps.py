@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy.exc import OperationalError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=none", "print_config=false", "trainer.enable_progress_bar=false",
@@ -39,6 +39,17 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials() if t.state.is_finished()]
 
 
+def finished_in_db(db: Path) -> int:
+    """Finished trials, read-only: polling through optuna would race the sweeper creating the
+    storage's tables (seen in CI as "table already exists" and alembic_version conflicts)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            query = "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+            return con.execute(query).fetchone()[0]
+    except sqlite3.Error:  # not created yet, or mid-creation
+        return 0
+
+
 def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None:
     args = ["hparams_search=lr_vs_clip", "hydra.sweeper.n_trials=5",
             "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=2"]  # fmt: skip
@@ -46,12 +57,8 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
     deadline = time.time() + 300
     while time.time() < deadline:  # interrupt once 3 trials are finished
         time.sleep(1)
-        if (tmp_path / "optuna.db").exists():
-            try:
-                if len(finished(load(tmp_path))) >= 3:
-                    break
-            except (KeyError, OperationalError):  # the sweeper is still creating the study
-                pass
+        if finished_in_db(tmp_path / "optuna.db") >= 3:
+            break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {t.number: t.value for t in finished(load(tmp_path))}

@@ -106,3 +106,70 @@ def test_cli_epsilon_and_noise_round_trip() -> None:
     assert 1.98 <= noise["epsilon"] <= 2.0
     rdp = _cli("epsilon", "--noise-multiplier", "1.0", "--accountant", "rdp", *base)
     assert rdp["accountant"] == "rdp" and rdp["epsilon"] > eps["epsilon"]
+
+
+# --- regimes where a numerical accountant's grid can mislead (issue 13) -------------------
+
+
+def gaussian_delta(mu: float, eps: float) -> float:
+    """delta(eps) of a Gaussian with sensitivity/std ratio mu (Balle and Wang 2018)."""
+    from scipy.stats import norm
+
+    return norm.cdf(mu / 2 - eps / mu) - math.exp(eps) * norm.cdf(-mu / 2 - eps / mu)
+
+
+@pytest.mark.parametrize("delta,truth", [(1e-3, 172.9), (1e-5, 191.5)])
+def test_full_batch_is_the_exact_gaussian_composition(delta, truth) -> None:
+    # PRV alone reported 167.6 and 186.3 here: below the truth.
+    result = compute_epsilon(1.0, 20.0, 100_000, delta)
+    assert result.epsilon >= truth
+    mu = math.sqrt(100_000) / 20.0
+    assert gaussian_delta(mu, result.epsilon) <= delta  # the reported epsilon achieves delta
+    assert gaussian_delta(mu, result.epsilon * (1 - 1e-6)) > delta  # and is not loose
+
+
+def test_exact_gaussian_agrees_with_dp_accounting() -> None:
+    ours = compute_epsilon(1.0, 5.0, 10, 1e-5).epsilon
+    assert ours == pytest.approx(pld_epsilon(1.0, 5.0, 10, 1e-5), rel=1e-3)
+    assert ours <= pld_epsilon(1.0, 5.0, 10, 1e-5) + 1e-9  # PLD is pessimistic, ours exact
+
+
+def test_many_steps_never_below_the_pld_upper_bound() -> None:
+    # PRV's upper end was 46.822 here, below PLD's 46.836.
+    ours = compute_epsilon(0.1, 5.0, 100_000, 1e-5).epsilon
+    assert ours >= pld_epsilon(0.1, 5.0, 100_000, 1e-5)
+
+
+def test_where_prv_fails_the_pld_answers_not_a_loose_rdp() -> None:
+    result = compute_epsilon(0.5, 2.0, 10_000, 1e-5)
+    reference = pld_epsilon(0.5, 2.0, 10_000, 1e-5)
+    assert reference <= result.epsilon <= reference * 1.01
+    assert result.epsilon < rdp_epsilon(0.5, 2.0, 10_000, 1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 10, 100, 1000])
+def test_epsilon_is_never_negative(steps) -> None:
+    for accountant in ("prv", "rdp"):
+        assert compute_epsilon(0.01, 20.0, steps, 1e-3, accountant).epsilon >= 0.0
+
+
+@pytest.mark.parametrize(
+    "sigma,steps",
+    [(math.inf, 10), (math.nan, 10), (1.0, math.nan), (1.0, math.inf), (1.0, 10.5), (1.0, "10"),
+     (1.0, 10**7)],
+)  # fmt: skip
+def test_non_finite_or_non_integral_inputs_are_refused(sigma, steps) -> None:
+    with pytest.raises(AccountingError):
+        compute_epsilon(0.01, sigma, steps, 1e-5)
+
+
+def test_huge_noise_is_a_small_upper_bound_not_an_overflow() -> None:
+    huge = compute_epsilon(0.01, 1e300, 100, 1e-5)
+    assert 0.0 <= huge.epsilon <= compute_epsilon(0.01, 100.0, 100, 1e-5).epsilon
+    assert compute_epsilon(0.01, 1.0, 10.0, 1e-5).epsilon > 0  # an integral float is steps
+
+
+def test_cli_refuses_infinite_noise_quickly() -> None:
+    base = ["--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5"]
+    out = _cli("epsilon", "--noise-multiplier", "inf", *base)
+    assert "finite" in out["error"]

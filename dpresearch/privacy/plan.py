@@ -72,7 +72,7 @@ def make_plan(
     plan.noise_multiplier = sigma
     plan.max_grad_norm = clipping.max_grad_norm
     plan.delta = privacy.delta
-    plan.accountant = planned.accountant
+    plan.accountant = privacy.accountant  # requested; summary.json says which answered
     plan.target_epsilon = privacy.target_epsilon
     plan.planned_epsilon = planned.epsilon
     if not sampling.is_poisson:

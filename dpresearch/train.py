@@ -157,7 +157,7 @@ def run(
         clipping = build(cfg.clipping)
         scope = build(cfg.finetune)
         datamodule = build(cfg.dataset)
-        datamodule.attach_sampler(sampling, cfg.seed)
+        datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
         summary.update(
             dataset=choices.get("dataset", datamodule.name),
             model=choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),

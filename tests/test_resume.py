@@ -148,10 +148,24 @@ def test_secure_noise_is_standard_normal_and_not_reproducible(compose_cfg, tmp_p
     assert abs(float(z.mean())) < 5 / math.sqrt(len(z)) and abs(float(z.std()) - 1) < 0.01
     scaled = secure_normal(100_000, 3.0)
     assert abs(float(scaled.std()) - 3) < 0.05
-    args = [*FAST, *SIGMA, "trainer.max_epochs=1", "privacy.secure_rng=true"]
+    args = [*FAST, *SIGMA, "trainer.max_epochs=1", "privacy.randomness=secure"]
     a = run(compose_cfg(args), tmp_path / "a")
     b = run(compose_cfg(args), tmp_path / "b")
     assert a["status"] == b["status"] == "completed" and a["epsilon"] == b["epsilon"]
     wa, wb = last_checkpoint(tmp_path / "a"), last_checkpoint(tmp_path / "b")
     assert any(not torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
+    # Neither the noise stream nor the batches can be recovered from the checkpoint.
     assert wa["dp_state"]["noise_generator"] is None
+    assert wa["dp_state"]["randomness"] == "secure"
+    sampler_states = [v["train_batch_sampler"] for k, v in wa.items()
+                      if isinstance(v, dict) and "train_batch_sampler" in v]  # fmt: skip
+    assert sampler_states == [{"secure": True}]
+    # Resuming a secure run as seeded (or the reverse) is refused: one randomness per run.
+    with pytest.raises(PrivacyConfigError, match="randomness"):
+        ckpt = f"ckpt_path={tmp_path}/a/checkpoints/last.ckpt"
+        run(compose_cfg([*FAST, *SIGMA, "trainer.max_epochs=2", ckpt]), tmp_path / "c")
+
+
+def test_the_old_secure_rng_switch_is_refused_with_its_replacement(compose_cfg, tmp_path) -> None:
+    with pytest.raises(PrivacyConfigError, match="privacy.randomness=secure"):
+        run(compose_cfg([*FAST, "privacy.secure_rng=true"]), tmp_path / "old")

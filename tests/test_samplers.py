@@ -9,7 +9,12 @@ from scipy import stats
 
 from dpresearch.data.base import TensorSet
 from dpresearch.data.padding import PAD_INDEX, PAD_LABEL, count_real
-from dpresearch.data.samplers import MaskedPoissonSampling, PoissonSampling, ShuffleSampling
+from dpresearch.data.samplers import (
+    MaskedPoissonSampling,
+    PoissonSampling,
+    ShuffleSampling,
+    new_secret_key,
+)
 
 
 def test_poisson_batch_sizes_have_binomial_mean_and_variance() -> None:
@@ -98,3 +103,60 @@ def test_padding_examples_are_zero_with_ignored_labels_and_not_counted() -> None
     assert y.tolist() == [3, PAD_LABEL, 1, PAD_LABEL]
     assert x[1].abs().sum() == 0 and x[3].abs().sum() == 0 and x[0].tolist() == [7, 8, 9]
     assert count_real((x, y)) == 2
+
+
+# --- privacy.randomness=secure: batches from a secret key, not the published seed ---------
+
+
+def _inclusions(sampler, steps: int, n: int) -> np.ndarray:
+    incl = np.zeros((steps, n), dtype=bool)
+    t = 0
+    while t < steps:
+        for batch in sampler:
+            if t == steps:
+                break
+            incl[t, batch] = True
+            t += 1
+    return incl
+
+
+def test_secure_poisson_has_the_poisson_distribution() -> None:
+    n, q, steps = 400, 0.05, 4000
+    sampler = PoissonSampling(expected_batch_size=20).build(n, seed=new_secret_key())
+    incl = _inclusions(sampler, steps, n)
+    sizes = incl.sum(1)
+    mean, var = n * q, n * q * (1 - q)
+    assert abs(sizes.mean() - mean) < 4 * np.sqrt(var / steps)
+    assert abs(sizes.var(ddof=1) - var) < 4 * var * np.sqrt(2 / steps)
+    rates = incl.mean(0)
+    assert np.all(np.abs(rates - q) < 5 * np.sqrt(q * (1 - q) / steps))
+    lagged = np.array(
+        [[np.sum(incl[:-1, 0] & incl[1:, 0]), np.sum(incl[:-1, 0] & ~incl[1:, 0])],
+         [np.sum(~incl[:-1, 0] & incl[1:, 0]), np.sum(~incl[:-1, 0] & ~incl[1:, 0])]]
+    )  # fmt: skip
+    assert stats.chi2_contingency(lagged)[1] > 0.001
+
+
+def test_secure_batches_do_not_follow_the_seed_and_are_shared_by_ranks() -> None:
+    sampling = PoissonSampling(expected_batch_size=50)
+    seeded = [list(sampling.build(1000, seed=0)) for _ in range(2)]
+    assert seeded[0] == seeded[1]  # research mode: the seed reproduces every batch
+    a, b = (list(sampling.build(1000, seed=new_secret_key())) for _ in range(2))
+    assert a != b  # two secret keys: unrelated batches
+    key = new_secret_key()
+    whole = list(sampling.build(1000, seed=key))
+    shards = [list(sampling.build(1000, seed=key, rank=r, world_size=2)) for r in (0, 1)]
+    for step, batch in enumerate(whole):  # the ranks' shares partition the one-key batch
+        assert sorted(shards[0][step] + shards[1][step]) == batch
+
+
+def test_secure_sampler_state_holds_no_key_and_refuses_to_feed_a_seeded_one() -> None:
+    key = new_secret_key()
+    sampler = PoissonSampling(expected_batch_size=50).build(1000, seed=key)
+    state = sampler.state_dict()
+    assert state == {"secure": True} and key not in repr(state).encode()
+    seeded = PoissonSampling(expected_batch_size=50).build(1000, seed=0)
+    with pytest.raises(ValueError, match="randomness=secure"):
+        seeded.load_state_dict(state)
+    shuffled = list(ShuffleSampling(expected_batch_size=10).build(100, seed=key))
+    assert sorted(i for b in shuffled for i in b) == list(range(100))  # a permutation

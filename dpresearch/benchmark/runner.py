@@ -27,7 +27,7 @@ from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
 
 NONPRIVATE = "nonprivate"
-SECURE = "_secure"  # dp_<engine>_secure: noise from os.urandom (privacy.secure_rng=true)
+SECURE = "_secure"  # dp_<engine>_secure: noise from os.urandom (privacy.randomness=secure)
 
 
 def parse_method(method: str) -> str | None:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from dpresearch.data.padding import PAD_INDEX, PAD_LABEL
-from dpresearch.data.samplers import Sampling
+from dpresearch.data.samplers import Sampling, Source, new_secret_key
 
 
 class DataError(RuntimeError):
@@ -97,7 +97,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         if not (0.0 < val_fraction < 1.0):
             raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
         self.sampler: Sampling | None = None
-        self.sampler_seed = 0
+        self.sampler_seed: int | None = 0
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.eval_batch_size = eval_batch_size
@@ -106,9 +106,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_batch_sampler = None
         self._restored_sampler: dict | None = None
 
-    def attach_sampler(self, sampler: Sampling, seed: int) -> None:
-        """How training batches are drawn (the ``sampler`` group), seeded by the run."""
+    def attach_sampler(self, sampler: Sampling, seed: int | None) -> None:
+        """How training batches are drawn (the ``sampler`` group): seeded by the run, or with
+        ``seed=None`` from a secret key that no record holds (privacy.randomness=secure)."""
         self.sampler, self.sampler_seed = sampler, seed
+
+    def _sampler_source(self) -> Source:
+        """The seed, or a fresh secret key drawn on rank 0 and given to every rank in memory
+        (all ranks must draw the same global Poisson mask)."""
+        if self.sampler_seed is not None:
+            return self.sampler_seed
+        key = new_secret_key()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            key = self.trainer.strategy.broadcast(key, src=0)
+        return key
 
     def model_kwargs(self) -> dict:
         """What the model needs to know about the data (passed when the model is built)."""
@@ -162,7 +173,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         built = self.train_batch_sampler
         if built is None or (built.rank, built.world_size) != (rank, world):
             self.train_batch_sampler = self.sampler.build(
-                len(self.train_set), self.sampler_seed, rank, world
+                len(self.train_set), self._sampler_source(), rank, world
             )
         if self._restored_sampler is not None:
             self.train_batch_sampler.load_state_dict(self._restored_sampler)

@@ -14,13 +14,23 @@ batch one process would draw with the same seed, all ranks take the same number 
 (lockstep), and their shares differ by at most one example: no rank waits at the all-reduce for
 a peer that happened to draw more (fixed per-rank shards, each sampled at rate q, would give
 Binomial shares and a straggler every step).
+
+Randomness (``privacy.randomness``): ``seeded`` samplers draw from a ``torch.Generator`` seeded
+by the run's seed, so the seed reproduces every batch, and whoever knows it knows which steps
+each example joined (which voids the amplification by subsampling the accountant counts on).
+``secure`` samplers are given a secret 32-byte key instead (``os.urandom`` on rank 0, shared
+with the other ranks in memory) and draw from a SHAKE-256 stream keyed by it: unpredictable,
+never written to a record or checkpoint, the same on every rank.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dpresearch.data.padding import PAD_INDEX
@@ -29,6 +39,74 @@ from dpresearch.data.padding import PAD_INDEX
 def check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of world size {world_size} is not a valid process")
+
+
+Source = int | bytes  # a seed (reproducible) or a secret key (privacy.randomness=secure)
+
+
+def new_secret_key() -> bytes:
+    """32 bytes from the operating system's cryptographically secure generator."""
+    return os.urandom(32)
+
+
+class SecureStream:
+    """Uniform 64-bit words from SHAKE-256(key || counter): a keyed cryptographic stream, so
+    every rank holding the key draws the same words and nobody without it can predict them."""
+
+    def __init__(self, key: bytes):
+        if len(key) < 16:
+            raise ValueError("a secure sampling key needs at least 16 bytes")
+        self._key, self._counter = key, 0
+
+    def words(self, n: int) -> np.ndarray:
+        block = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(8 * n)
+        self._counter += 1
+        return np.frombuffer(block, dtype=np.uint64)
+
+    def bernoulli(self, n: int, p: float) -> torch.Tensor:
+        """n independent draws, each True with probability floor(p 2^64) / 2^64 (<= p)."""
+        if p >= 1.0:
+            self.words(n)
+            return torch.ones(n, dtype=torch.bool)
+        return torch.from_numpy(self.words(n) < np.uint64(int(p * 2.0**64)))
+
+    def permutation(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(np.argsort(self.words(n), kind="stable").astype(np.int64))
+
+
+class RandomSource:
+    """The sampler's randomness: a seeded torch.Generator, or a SecureStream from a key.
+    Only the seeded kind has a state worth checkpointing; a secure one is never saved."""
+
+    def __init__(self, source: Source):
+        self.secure = isinstance(source, bytes)
+        self.stream = SecureStream(source) if self.secure else None
+        self.generator = None if self.secure else torch.Generator().manual_seed(int(source))
+
+    def bernoulli(self, n: int, p: float) -> torch.Tensor:
+        if self.stream is not None:
+            return self.stream.bernoulli(n, p)
+        return torch.rand(n, generator=self.generator) < p
+
+    def permutation(self, n: int) -> torch.Tensor:
+        if self.stream is not None:
+            return self.stream.permutation(n)
+        return torch.randperm(n, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        if self.secure:
+            return {"secure": True}  # the key and counter stay in memory only
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.secure:
+            return  # a resumed secure run draws from a fresh secret key
+        if "generator" not in state:
+            raise ValueError(
+                "the checkpoint's sampler drew from a secret key (privacy.randomness=secure): "
+                "there is no seeded stream to continue; resume with privacy.randomness=secure"
+            )
+        self.generator.set_state(state["generator"])
 
 
 class PoissonBatchSampler:
@@ -40,7 +118,7 @@ class PoissonBatchSampler:
         num_samples: int,
         sample_rate: float,
         steps_per_epoch: int,
-        seed: int,
+        seed: Source,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -49,21 +127,21 @@ class PoissonBatchSampler:
         self.sample_rate = sample_rate
         self.steps_per_epoch = steps_per_epoch
         self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.random = RandomSource(seed)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps_per_epoch):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            mask = self.random.bernoulli(self.num_samples, self.sample_rate)
             yield mask.nonzero(as_tuple=True)[0][self.rank :: self.world_size].tolist()
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return self.random.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.random.load_state_dict(state)
 
 
 class MaskedPoissonBatchSampler(PoissonBatchSampler):
@@ -75,7 +153,7 @@ class MaskedPoissonBatchSampler(PoissonBatchSampler):
         num_samples: int,
         sample_rate: float,
         steps_per_epoch: int,
-        seed: int,
+        seed: Source,
         physical_batch_size: int,
         rank: int = 0,
         world_size: int = 1,
@@ -95,28 +173,28 @@ class ShuffleBatchSampler:
     under data parallelism each rank takes every ``world_size``-th example of a batch."""
 
     def __init__(
-        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self, num_samples: int, batch_size: int, seed: Source, rank: int = 0, world_size: int = 1
     ):
         check_rank(rank, world_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.random = RandomSource(seed)
 
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.num_samples, generator=self.generator)
+        perm = self.random.permutation(self.num_samples)
         for i in range(len(self)):
             batch = perm[i * self.batch_size : (i + 1) * self.batch_size]
             yield batch[self.rank :: self.world_size].tolist()
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return self.random.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.random.load_state_dict(state)
 
 
 @dataclass
@@ -154,8 +232,9 @@ class Sampling:
         self.check(num_samples)
         return max(1, round(num_samples / self.expected_batch_size))
 
-    def build(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
-        """The batch sampler of process ``rank`` of ``world_size`` (one process: 0 of 1)."""
+    def build(self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1):
+        """The batch sampler of process ``rank`` of ``world_size`` (one process: 0 of 1);
+        ``seed`` an int, or a secret key (bytes) for secure randomness."""
         raise NotImplementedError
 
 
@@ -165,7 +244,7 @@ class PoissonSampling(Sampling):
     is_poisson = True
 
     def build(
-        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
     ) -> PoissonBatchSampler:
         return PoissonBatchSampler(
             num_samples,
@@ -184,7 +263,7 @@ class MaskedPoissonSampling(PoissonSampling):
     name = "poisson_masked"
 
     def build(
-        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
     ) -> MaskedPoissonBatchSampler:
         return MaskedPoissonBatchSampler(
             num_samples,
@@ -207,7 +286,7 @@ class ShuffleSampling(Sampling):
         return num_samples // self.expected_batch_size
 
     def build(
-        self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
     ) -> ShuffleBatchSampler:
         self.check(num_samples)
         return ShuffleBatchSampler(num_samples, self.expected_batch_size, seed, rank, world_size)

@@ -2,7 +2,8 @@
 
 Two sources. The default is a seeded ``torch.Generator``: reproducible (the same seed gives the
 same run, and a resumed run continues the same stream), and right for research. With
-``privacy.secure_rng=true`` the noise comes from the operating system's cryptographically
+``privacy.randomness=secure`` the noise (and the batch sampling, see
+dpresearch.data.samplers) comes from the operating system's cryptographically
 secure generator (``os.urandom``) through the Box-Muller transform in float64. Nobody can
 reproduce or predict it, which is what a deployment that publishes the model needs. It costs
 CPU time per step, about 8 bytes of entropy per parameter (see the README for the measured

@@ -123,6 +123,6 @@ def build_strategy(
         engine=plan.engine,
         per_layer=clipping.per_layer,
         target_epsilon=privacy.target_epsilon,
-        secure_rng=privacy.secure_rng,
+        randomness=privacy.randomness,
         **where,
     )

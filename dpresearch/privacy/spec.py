@@ -10,6 +10,7 @@ import torch
 from dpresearch.privacy.accounting import ACCOUNTANTS
 
 ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk")
+RANDOMNESS = ("seeded", "secure")
 
 
 class PrivacyConfigError(ValueError):
@@ -25,11 +26,25 @@ class DPSpec:
     delta: float = 1e-5
     accountant: str = "prv"
     noise_seed: int | None = None  # None: derived from the run's seed
-    secure_rng: bool = False  # noise from os.urandom instead of the seeded generator
+    # What the guarantee rests on: the noise and the batch sampling. ``seeded``: both from the
+    # run's seed (reproducible; a published seed voids the guarantee). ``secure``: both from
+    # the OS's cryptographic generator, never recorded (not reproducible).
+    randomness: str = "seeded"
+    secure_rng: bool | None = None  # replaced by ``randomness``; set, it is refused by name
 
     enabled = True
 
     def __post_init__(self) -> None:
+        if self.secure_rng is not None:
+            raise PrivacyConfigError(
+                f"privacy.secure_rng={self.secure_rng} was replaced by privacy.randomness, which "
+                "covers the batch sampling as well as the noise: use privacy.randomness=secure "
+                "(or seeded)"
+            )
+        if self.randomness not in RANDOMNESS:
+            raise PrivacyConfigError(
+                f"privacy.randomness={self.randomness!r} is not one of {list(RANDOMNESS)}"
+            )
         if self.accountant not in ACCOUNTANTS:
             raise PrivacyConfigError(
                 f"privacy.accountant={self.accountant!r} is not one of {list(ACCOUNTANTS)}"
@@ -48,13 +63,20 @@ class DPSpec:
                 f"{self.target_epsilon}; for training without privacy use privacy=none"
             )
         if self.noise_multiplier is not None and not (
-            isinstance(self.noise_multiplier, (int, float)) and self.noise_multiplier >= 0
+            isinstance(self.noise_multiplier, (int, float))
+            and 0 <= self.noise_multiplier < math.inf
         ):
             raise PrivacyConfigError(
-                f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}"
+                f"privacy.noise_multiplier must be a finite number >= 0, got "
+                f"{self.noise_multiplier} (infinite noise would release nothing; for no "
+                "training at all, do not run)"
             )
         if not (0 < self.delta < 1):
             raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+
+    def sampler_seed(self, seed: int) -> int | None:
+        """The sampler's seed, or None: a secret key drawn at training time."""
+        return None if self.randomness == "secure" else seed
 
     def check_dataset(self, num_train: int) -> None:
         if self.delta >= 1.0 / num_train:
@@ -70,6 +92,10 @@ class NoPrivacy:
     """Train without privacy: same data, model, sampler and steps, for comparison."""
 
     enabled = False
+    randomness = "seeded"
+
+    def sampler_seed(self, seed: int) -> int:
+        return seed
 
 
 @dataclass

@@ -153,12 +153,12 @@ class DPSGD(PhysicalBatching):
         engine: str = "hooks",
         per_layer: bool = False,
         target_epsilon: float | None = None,
-        secure_rng: bool = False,
+        randomness: str = "seeded",
         **strategy_kwargs: Any,
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
         self.target_epsilon = target_epsilon  # set: sigma was calibrated, and the budget guards
-        self.secure_rng = secure_rng
+        self.randomness = randomness  # secure: noise from the OS's generator, never saved
         self.factors = factors or FixedClipping(max_grad_norm).factors
         self.engine_name = engine
         self.per_layer = per_layer
@@ -190,7 +190,7 @@ class DPSGD(PhysicalBatching):
         )
         if self.probe is not None:
             self.probe.setup(self)
-        if not self.secure_rng:
+        if self.randomness == "seeded":
             self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
             if self._restored_generator is not None:
                 self._generator.set_state(self._restored_generator)
@@ -204,7 +204,7 @@ class DPSGD(PhysicalBatching):
         return {"dp_steps": self.dp_steps, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "delta": self.delta,
                 "accountant": self.accountant, "max_grad_norm": self.max_grad_norm,
-                "noise_generator": generator}  # fmt: skip
+                "randomness": self.randomness, "noise_generator": generator}  # fmt: skip
 
     def load_dp_state_dict(self, state: dict) -> None:
         """Continue a checkpoint's mechanism. Its sample rate, delta, accountant and clipping
@@ -216,6 +216,12 @@ class DPSGD(PhysicalBatching):
             for key in ("sample_rate", "delta", "accountant", "max_grad_norm")
             if state[key] != getattr(self, key)
         ]
+        # Checkpoints from before privacy.randomness: a secure run saved no noise generator.
+        randomness = state.get(
+            "randomness", "secure" if state.get("noise_generator") is None else "seeded"
+        )
+        if randomness != self.randomness:
+            mismatched.append(f"randomness (checkpoint {randomness}, this run {self.randomness})")
         sigma = state["noise_multiplier"]
         if sigma != self.noise_multiplier:
             if self.target_epsilon is None:
@@ -237,7 +243,7 @@ class DPSGD(PhysicalBatching):
             )
         self.dp_steps = int(state["dp_steps"])
         self._epsilon_cache = None
-        if state.get("noise_generator") is not None and not self.secure_rng:
+        if state.get("noise_generator") is not None and self.randomness == "seeded":
             self._restored_generator = state["noise_generator"]
             if self._generator is not None:
                 self._generator.set_state(self._restored_generator)

@@ -20,6 +20,7 @@ from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule
 from dpresearch.privacy import DPSGD, PrivacyMetrics, PrivacyState, build_strategy, make_plan
+from dpresearch.privacy.accounting import compute_epsilon
 from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
 from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import record_failure, run_tags, write_summary
@@ -220,6 +221,12 @@ def run(
         if isinstance(strategy, DPSGD):
             summary["stopped_by_budget"] = strategy.stopped_by_budget
             summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
+            if strategy.planned_steps is not None:  # with the sigma used, not the config's
+                summary["planned_steps"] = strategy.planned_steps
+                summary["planned_epsilon"] = compute_epsilon(
+                    strategy.sample_rate, strategy.noise_multiplier, strategy.planned_steps,
+                    strategy.delta, strategy.accountant,
+                ).epsilon  # fmt: skip
             if strategy.stopped_by_budget and checkpointing:
                 trainer.save_checkpoint(out / "checkpoints" / LAST)
             eps = strategy.epsilon()

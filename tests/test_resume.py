@@ -114,6 +114,9 @@ def test_budget_guard_stops_before_the_step_that_exceeds_the_target(compose_cfg,
     steps = more["steps"]
     assert 10 < steps < 20 and more["epsilon"] <= 3.5
     assert compute_epsilon(q, sigma, steps + 1, delta).epsilon > 3.5
+    # The plan as run: 20 steps with the checkpoint's sigma (not the config's calibration).
+    assert more["planned_steps"] == 20
+    assert more["planned_epsilon"] == compute_epsilon(q, sigma, 20, delta).epsilon
     assert last_checkpoint(out)["dp_state"]["dp_steps"] == steps  # saved where it stopped
     assert json.loads((out / "summary.json").read_text())["stopped_by_budget"] is True
     assert f"stopping before step {steps + 1}" in caplog.text
@@ -121,6 +124,26 @@ def test_budget_guard_stops_before_the_step_that_exceeds_the_target(compose_cfg,
     again = run(compose_cfg([*FAST, "trainer.max_epochs=6", "privacy.target_epsilon=3.5",
                              "run.resume=true"]), out)  # fmt: skip
     assert again["steps"] == steps and again["stopped_by_budget"] is True
+
+
+def test_budget_guard_cannot_be_bypassed(compose_cfg, tmp_path) -> None:
+    """Lightning's minimums ignore should_stop, and a resume cannot un-spend epsilon: both
+    are refused before a step is taken, and the checkpoint is left as it was."""
+    out = tmp_path / "run"
+    first = run(compose_cfg([*FAST, "trainer.max_epochs=2", "privacy.target_epsilon=3"]), out)
+    resume = [*FAST, "trainer.max_epochs=4", "run.resume=true"]
+    for extra in (["+trainer.min_epochs=4"], ["+trainer.min_steps=20"]):
+        with pytest.raises(PrivacyConfigError, match="min_epochs/min_steps force 20 steps"):
+            run(compose_cfg([*resume, "privacy.target_epsilon=3.5", *extra]), out)
+    with pytest.raises(
+        PrivacyConfigError, match=r"already spent epsilon 2\.9\d+.*target_epsilon=1"
+    ):
+        run(compose_cfg([*resume, "privacy.target_epsilon=1"]), out)
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    assert last_checkpoint(out)["dp_state"]["dp_steps"] == first["steps"] == 10
+    # Minimums within the budget are honoured.
+    ok = run(compose_cfg([*resume, "privacy.target_epsilon=3.5", "+trainer.min_epochs=2"]), out)
+    assert ok["status"] == "completed" and ok["epsilon"] <= 3.5
 
 
 def test_resume_refuses_a_different_mechanism(compose_cfg, tmp_path) -> None:

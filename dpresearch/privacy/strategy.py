@@ -74,6 +74,17 @@ def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
     return loss * batch_size(chunk)
 
 
+def minimum_steps(trainer: pl.Trainer) -> int:
+    """The optimizer steps Lightning runs whatever ``should_stop`` says (min_steps and
+    min_epochs, counted from the start of the run, like the DP steps)."""
+    min_steps = trainer.fit_loop.min_steps or 0
+    min_epochs = trainer.fit_loop.min_epochs or 0
+    per_epoch = trainer.num_training_batches
+    if not isinstance(per_epoch, int):  # inf: an iterable without length
+        per_epoch = 0
+    return max(min_steps, min_epochs * per_epoch)
+
+
 class PhysicalBatching:
     """Mixin for a Lightning Strategy: a logical batch may span several physical batches.
 
@@ -176,6 +187,7 @@ class DPSGD(PhysicalBatching):
         self._epsilon_cache: tuple[int, EpsilonResult] | None = None
         self._restored_generator: torch.Tensor | None = None
         self.max_dp_steps: int | None = None  # the budget guard's limit
+        self.planned_steps: int | None = None  # the steps the trainer will run (all of them)
         self.stopped_by_budget = False
         self.probe: Any = None  # an audit's canaries (dpresearch.privacy.auditing); None in runs
 
@@ -252,15 +264,33 @@ class DPSGD(PhysicalBatching):
     # --- the budget guard ---------------------------------------------------------------
     def on_train_start(self) -> None:
         """With a target epsilon, find the last step within it and stop before any step
-        beyond it (a resumed run may already be there)."""
+        beyond it (a resumed run may already be there). Refused before any step: a resume
+        whose target is below what was already spent, and Lightning minimums (min_epochs,
+        min_steps) that would force steps past the budget (Lightning ignores should_stop until
+        they are met)."""
         super().on_train_start()
+        trainer = self.lightning_module.trainer
+        self.planned_steps = int(trainer.estimated_stepping_batches)
         if self.target_epsilon is None:
             return
-        planned = int(self.lightning_module.trainer.estimated_stepping_batches)
         self.max_dp_steps = steps_within_budget(
-            self.target_epsilon, self.sample_rate, self.noise_multiplier, planned, self.delta,
-            self.accountant,
+            self.target_epsilon, self.sample_rate, self.noise_multiplier, self.planned_steps,
+            self.delta, self.accountant,
         )  # fmt: skip
+        spent = self.epsilon().epsilon
+        if spent > self.target_epsilon:
+            raise PrivacyConfigError(
+                f"the checkpoint already spent epsilon {spent:.4f} ({self.dp_steps} steps), more "
+                f"than this run's privacy.target_epsilon={self.target_epsilon}: resuming cannot "
+                f"lower what was spent; resume with a target of at least {spent:.4f}"
+            )
+        forced = minimum_steps(trainer)
+        if forced > self.max_dp_steps:
+            raise PrivacyConfigError(
+                f"trainer.min_epochs/min_steps force {forced} steps, but the privacy budget "
+                f"(target epsilon {self.target_epsilon}) allows {self.max_dp_steps}: lower "
+                "trainer.min_epochs / trainer.min_steps, or raise privacy.target_epsilon"
+            )
         self._stop_if_spent()
 
     def _stop_if_spent(self) -> None:
@@ -278,6 +308,11 @@ class DPSGD(PhysicalBatching):
         trainer.should_stop = True
 
     def training_step(self, *args: Any, **kwargs: Any):
+        if self.max_dp_steps is not None and self.dp_steps >= self.max_dp_steps:
+            raise RuntimeError(  # the last line of defence: on_train_start refuses settings
+                f"refusing DP step {self.dp_steps + 1}: the budget allows {self.max_dp_steps} "
+                f"(target epsilon {self.target_epsilon}); a Lightning loop setting kept training"
+            )
         output = None
         for chunk, step in self._physical_steps(args, kwargs):
             if batch_size(chunk):

@@ -24,6 +24,7 @@ from dpresearch.privacy.accounting import compute_epsilon
 from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
 from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import record_failure, run_tags, write_summary
+from dpresearch.trainer_settings import check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def run(
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         sampling = build(cfg.sampler)
         privacy = build(cfg.privacy)
+        ddp = ddp_options(cfg.trainer, multirun)
+        check_trainer(cfg.trainer, privacy.enabled, ddp is not None)
         clipping = build(cfg.clipping)
         scope = build(cfg.finetune)
         datamodule = build(cfg.dataset)
@@ -174,12 +177,11 @@ def run(
         model = build(cfg.model, **datamodule.model_kwargs())
         model = scope.apply(model)
         summary.update(parameter_counts(model))
-        plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer.max_epochs)
+        plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer)
         summary.update(
             {k: v for k, v in plan.to_dict().items() if k not in ("private",)},
             num_train=datamodule.num_train,
         )
-        ddp = ddp_options(cfg.trainer, multirun)
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp)
         summary["engine"] = plan.engine
@@ -244,6 +246,8 @@ def run(
         test = trainer.test(module, datamodule=datamodule, verbose=False)
         summary["test_accuracy"] = test[0].get("test_acc") if test else None
         summary["status"] = "pruned" if pruning is not None and pruning.pruned else "completed"
+        if plan.debug:  # fast_dev_run: a smoke test of the code path, not a result
+            summary["status"] = "debug"
     except BaseException as err:
         failure = record_failure(out, process_rank(trainer), err, traceback.format_exc(), born)
         summary.update(failure)

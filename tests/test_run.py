@@ -135,6 +135,18 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
             "dataset.label_column",
         ),
         (["run.resume=true"], "hydra.run.dir"),
+        (["privacy.noise_multiplier=inf", "privacy.target_epsilon=null"], "finite"),
+        (["privacy.randomness=random"], "privacy.randomness"),
+        (["privacy.secure_rng=true"], "privacy.randomness=secure"),
+        (["trainer.precision=bf16-mixed"], "trainer.precision=bf16-mixed"),
+        (["trainer.precision=bf16-true"], "trainer.precision=bf16-true"),
+        (["trainer.precision=16-mixed"], "trainer.precision=16-mixed"),
+        (["trainer.devices=2"], "trainer=ddp"),
+        (["+trainer.num_nodes=2"], "trainer.num_nodes=2"),
+        (["trainer.max_epochs=null"], "trainer.max_steps"),
+        (["+trainer.barebones=true"], "trainer.barebones"),
+        (["+trainer.overfit_batches=2"], "trainer.overfit_batches"),
+        (["+trainer.limit_train_batches=0.01"], "trainer.limit_train_batches"),
     ],
 )
 def test_bad_input_is_refused_before_training(compose_cfg, tmp_path, overrides, match) -> None:

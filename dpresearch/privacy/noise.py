@@ -23,13 +23,14 @@ def add_noise(summed: torch.Tensor, std: float, generator: torch.Generator | Non
     from the secure source when ``generator`` is None."""
     if std == 0:
         return summed.clone()
+    dtype = torch.promote_types(summed.dtype, torch.float32)  # never a bfloat16/half Gaussian
     if generator is None:
         noise = secure_normal(summed.numel(), std).view_as(summed)
-        return summed + noise.to(device=summed.device, dtype=summed.dtype)
+        return summed.to(dtype) + noise.to(device=summed.device, dtype=dtype)
     noise = torch.normal(
-        0.0, std, size=summed.shape, generator=generator, device=summed.device, dtype=summed.dtype
+        0.0, std, size=summed.shape, generator=generator, device=summed.device, dtype=dtype
     )
-    return summed + noise
+    return summed.to(dtype) + noise
 
 
 def secure_normal(n: int, std: float) -> torch.Tensor:

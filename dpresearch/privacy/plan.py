@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from dpresearch.data.samplers import Sampling
@@ -13,6 +14,7 @@ from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import resolve_engine
+from dpresearch.trainer_settings import run_length
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class PrivacyPlan:
     expected_batch_size: int
     steps_per_epoch: int
     steps: int
-    epochs: int
+    epochs: int | None  # None: the run's length is trainer.max_steps
     accounting_matches_sampler: bool | None
     noise_multiplier: float | None = None
     max_grad_norm: float | None = None
@@ -35,6 +37,7 @@ class PrivacyPlan:
     target_epsilon: float | None = None
     planned_epsilon: float | None = None
     engine: str | None = None  # the DP engine that ran (clipping.engine=auto resolved)
+    debug: bool = False  # fast_dev_run: a smoke test, not a result
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,21 +48,25 @@ def make_plan(
     clipping: FixedClipping,
     sampling: Sampling,
     num_train: int,
-    epochs: int,
+    trainer: DictConfig,
 ) -> PrivacyPlan:
-    """Check the configuration against the data and calibrate the noise (raises clear errors)."""
-    if epochs < 1:
-        raise ValueError(f"trainer.max_epochs must be >= 1, got {epochs}")
+    """Check the configuration against the data and calibrate the noise for the steps the
+    trainer will really run (max_steps and limit_train_batches included; raises clear
+    errors)."""
     q = sampling.sample_rate(num_train)
-    per_epoch = sampling.steps_per_epoch(num_train)
-    steps = per_epoch * epochs
+    length = run_length(trainer, sampling.steps_per_epoch(num_train))
+    steps = length.steps
+    if length.debug and privacy.enabled and privacy.target_epsilon is not None:
+        # fast_dev_run: calibrate as the full run would, so its sigma is the real one's
+        steps = run_length(trainer, sampling.steps_per_epoch(num_train), debug=False).steps
     plan = PrivacyPlan(
         private=privacy.enabled,
         sample_rate=q,
         expected_batch_size=sampling.expected_batch_size,
-        steps_per_epoch=per_epoch,
+        steps_per_epoch=length.steps_per_epoch,
         steps=steps,
-        epochs=epochs,
+        epochs=length.epochs,
+        debug=length.debug,
         accounting_matches_sampler=sampling.is_poisson if privacy.enabled else None,
     )
     if not privacy.enabled:
@@ -123,6 +130,7 @@ def build_strategy(
         engine=plan.engine,
         per_layer=clipping.per_layer,
         target_epsilon=privacy.target_epsilon,
+        calibrated_steps=None if plan.debug or privacy.target_epsilon is None else plan.steps,
         randomness=privacy.randomness,
         **where,
     )

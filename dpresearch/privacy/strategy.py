@@ -164,11 +164,13 @@ class DPSGD(PhysicalBatching):
         engine: str = "hooks",
         per_layer: bool = False,
         target_epsilon: float | None = None,
+        calibrated_steps: int | None = None,
         randomness: str = "seeded",
         **strategy_kwargs: Any,
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
         self.target_epsilon = target_epsilon  # set: sigma was calibrated, and the budget guards
+        self.calibrated_steps = calibrated_steps  # the steps sigma was calibrated for
         self.randomness = randomness  # secure: noise from the OS's generator, never saved
         self.factors = factors or FixedClipping(max_grad_norm).factors
         self.engine_name = engine
@@ -271,6 +273,12 @@ class DPSGD(PhysicalBatching):
         super().on_train_start()
         trainer = self.lightning_module.trainer
         self.planned_steps = int(trainer.estimated_stepping_batches)
+        if self.dp_steps == 0 and self.calibrated_steps not in (None, self.planned_steps):
+            raise PrivacyConfigError(  # a Trainer setting the plan did not model
+                f"sigma was calibrated for {self.calibrated_steps} steps but Lightning will run "
+                f"{self.planned_steps}: a trainer setting changes the run's length in a way the "
+                "privacy plan does not follow; remove it or set privacy.noise_multiplier"
+            )
         if self.target_epsilon is None:
             return
         self.max_dp_steps = steps_within_budget(

@@ -111,6 +111,13 @@ def trial_pruning(cfg: DictConfig):
     return TrialPruning(trial.storage, trial.study, int(trial.trial_id), pruner)
 
 
+def build_model(node: DictConfig, datamodule, scope) -> torch.nn.Module:
+    """The model for the data, under its fine-tuning scope, in train mode: pretrained
+    Hugging Face models come in eval mode, and Lightning does not change the mode it gets
+    (dropout would be off, and per-example hooks see no activations)."""
+    return scope.apply(build(node, **datamodule.model_kwargs())).train()
+
+
 def resolve_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError("trainer.accelerator=gpu but no CUDA device is visible; use cpu")
@@ -174,8 +181,7 @@ def run(
         datamodule.setup("fit")
         if probe is not None:
             probe.prepare_data(datamodule)  # an audit's input canaries join the training set
-        model = build(cfg.model, **datamodule.model_kwargs())
-        model = scope.apply(model)
+        model = build_model(cfg.model, datamodule, scope)
         summary.update(parameter_counts(model))
         plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer)
         summary.update(

@@ -34,7 +34,7 @@ def tiny(architecture: str) -> HFTextClassifier:
 
 def minilm() -> HFTextClassifier:
     torch.manual_seed(0)
-    return HFTextClassifier(3, config_overrides=NO_DROPOUT["bert"]).train()  # as Lightning does
+    return HFTextClassifier(3, config_overrides=NO_DROPOUT["bert"])  # train mode as built
 
 
 def batch(n: int, length: int, vocab: int = 60) -> tuple[dict, torch.Tensor]:
@@ -84,7 +84,7 @@ def test_gpt2_conv1d_is_refused_by_opacus_engines_with_bk_named() -> None:
         resolve_engine(tiny("gpt2"), "hooks")
 
 
-@pytest.mark.parametrize("engine", ["bk", "hooks"])
+@pytest.mark.parametrize("engine", ["bk", "hooks", "ghost"])
 def test_pretrained_minilm_clipping_exact(engine: str) -> None:
     model = BiasOnly().apply(minilm()) if engine == "hooks" else minilm()
     check_exact(model, engine, n=3, length=12)
@@ -95,19 +95,36 @@ def test_pretrained_weights_unavailable_offline_is_a_clear_error() -> None:
         HFTextClassifier(2, name="bert-base-uncased")
 
 
+def test_the_harness_builds_pretrained_models_in_train_mode(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    from dpresearch.train import build_model
+
+    cfg = compose_cfg(["+experiment=minilm_sentiment_bias_only_dp"])
+    datamodule = instantiate(cfg.dataset)
+    datamodule.num_classes = 2  # what the model needs from the data, without loading it
+    model = build_model(cfg.model, datamodule, instantiate(cfg.finetune))
+    assert all(m.training for m in model.modules())  # dropout on, as in training
+
+
+@pytest.mark.parametrize("engine", ["bk", "hooks", "ghost"])
 @pytest.mark.parametrize("scope", ["bias_only", "lora", "full"])
-def test_offline_minilm_experiment_runs_end_to_end(compose_cfg, tmp_path, scope: str) -> None:
+def test_offline_minilm_experiment_runs_end_to_end(compose_cfg, tmp_path, scope, engine) -> None:
+    """What `python run.py +experiment=minilm_sentiment_<scope>_dp clipping.engine=<engine>`
+    does, shortened: the pretrained model trains (in train mode) under every engine."""
     import json
 
     from dpresearch.train import run
 
     cfg = compose_cfg([f"+experiment=minilm_sentiment_{scope}_dp", "logger=csv",
                        "print_config=false", "trainer.enable_progress_bar=false",
-                       "trainer.max_epochs=1", "dataset.n_train=256", "dataset.n_test=64",
+                       "trainer.max_epochs=1", "dataset.n_train=128", "dataset.n_test=32",
+                       "run.checkpoint=false", f"clipping.engine={engine}",
+                       "sampler.max_physical_batch_size=16",
                        f"dataset.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     summary = run(cfg, tmp_path)
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and saved["engine"] == "bk"
+    assert summary["status"] == "completed" and saved["engine"] == engine
     assert saved["finetune"] == scope and saved["total_params"] > 22_000_000
     fraction = {"bias_only": (1e-3, 2e-3), "lora": (1e-3, 1e-2), "full": (1.0, 1.0)}[scope]
     assert fraction[0] <= saved["trainable_fraction"] <= fraction[1]

@@ -61,7 +61,9 @@ def load_encoder(
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).is_dir()
     if pretrained:
         try:
-            return AutoModel.from_pretrained(path, local_files_only=offline, **overrides)
+            # from_pretrained returns eval mode (dropout off) and Lightning keeps the mode it
+            # is given: train mode, like a freshly built module.
+            return AutoModel.from_pretrained(path, local_files_only=offline, **overrides).train()
         except (OSError, ValueError) as err:
             raise _unavailable(name, err) from None
     if architecture:

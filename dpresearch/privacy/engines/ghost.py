@@ -21,6 +21,17 @@ from dpresearch.privacy.engines.base import Engine, Factors, example_losses
 from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning, zero_norms
 from dpresearch.privacy.spec import PrivacyConfigError
 
+_OPACUS_EMBEDDING_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
+
+
+def _embedding_norms(layer: nn.Embedding, activations: list, backprops: torch.Tensor) -> dict:
+    """Opacus' ghost norms for an Embedding, on contiguous ids: Hugging Face BERT passes its
+    position ids as an expanded view, on which Opacus' ``.view`` raises."""
+    return _OPACUS_EMBEDDING_NORMS(layer, [a.contiguous() for a in activations], backprops)
+
+
+GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding] = _embedding_norms
+
 
 class GhostEngine(Engine):
     name = "ghost"

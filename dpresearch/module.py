@@ -19,8 +19,13 @@ class ClassificationModule(pl.LightningModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable | None = None,
+        train_metrics: str | None = "train",
     ):
+        """``train_metrics``: the name prefix of the metrics of training batches (loss,
+        accuracy), or None not to log them (the run decides: they are exact functions of the
+        private batches)."""
         super().__init__()
+        self.train_metrics = train_metrics
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -28,7 +33,7 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch, stage: str) -> dict[str, torch.Tensor]:
+    def _step(self, batch, stage: str | None) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = self(x)
         # Per-example losses: DP engines clip each example's own gradient. Padding examples
@@ -37,7 +42,7 @@ class ClassificationModule(pl.LightningModule):
         real = y != PAD_LABEL
         n = int(real.sum())
         loss = losses.sum() / max(n, 1)
-        if n:
+        if n and stage is not None:
             # sync_dist: under data parallelism each process saw its own shard of the epoch
             # (a no-op on one process). Evaluation splits are whole on every process.
             acc = (logits.argmax(-1) == y)[real].float().mean()
@@ -47,7 +52,7 @@ class ClassificationModule(pl.LightningModule):
         return {"loss": loss, "example_losses": losses}
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "train")
+        return self._step(batch, self.train_metrics)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

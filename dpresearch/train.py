@@ -21,7 +21,18 @@ from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule
 from dpresearch.privacy import DPSGD, PrivacyMetrics, PrivacyState, build_strategy, make_plan
 from dpresearch.privacy.accounting import compute_epsilon
-from dpresearch.tracking.callbacks import MetricsRecorder, Throughput, peak_memory_mb
+from dpresearch.privacy.statement import (
+    RunFacts,
+    metric_policy,
+    privacy_statement,
+    statement_markdown,
+)
+from dpresearch.tracking.callbacks import (
+    MetricsRecorder,
+    Throughput,
+    is_nonprivate,
+    peak_memory_mb,
+)
 from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import record_failure, run_tags, write_summary
 from dpresearch.trainer_settings import check_trainer
@@ -156,6 +167,7 @@ def run(
     logger = None
     throughput = Throughput()
     trainer: pl.Trainer | None = None
+    facts: RunFacts | None = None
     try:
         ckpt_path = resume_path(cfg, out)
         check_optimizer(cfg.optimizer)
@@ -197,15 +209,29 @@ def run(
             strategy.probe = probe
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
-        module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer))
+        train_prefix, nonprivate = metric_policy(
+            privacy.enabled, cfg.get("run", {}).get("train_metrics", "auto"),
+            datamodule.public_validation,
+        )  # fmt: skip
+        if privacy.enabled:  # the realised Poisson batch sizes are private: count E per step
+            throughput.per_step = sampling.expected_batch_size
+        recorder = MetricsRecorder(out / "metrics.jsonl", nonprivate)
+        pruning = trial_pruning(cfg)
+        facts = RunFacts(summary, privacy.randomness if privacy.enabled else None,
+                         recorder.released, nonprivate, datamodule.public_validation,
+                         datamodule.label_source, bool(cfg.get("sweep_trial")),
+                         pruning is not None, checkpointing)  # fmt: skip
+        module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
+                                      train_metrics=train_prefix)  # fmt: skip
         tags, extra = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
+        extra["nonprivate_metrics"] = list(nonprivate)
         logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False,
                              extra_tags=tags, extra_config=extra)  # fmt: skip
-        callbacks = [throughput, PrivacyMetrics(), PrivacyState(), RandomState(),
-                     MetricsRecorder(out / "metrics.jsonl")]  # fmt: skip
+        if logger:  # wandb: in its config already; CSV: hparams.yaml beside metrics.csv
+            logger.log_hyperparams({"nonprivate_metrics": list(nonprivate)})
+        callbacks = [throughput, PrivacyMetrics(), PrivacyState(), RandomState(), recorder]
         if checkpointing:
             callbacks.append(checkpoint_callback(out))
-        pruning = trial_pruning(cfg)
         if pruning is not None:
             callbacks.append(pruning)
         trainer = instantiate_trainer(
@@ -238,8 +264,10 @@ def run(
             if strategy.stopped_by_budget and checkpointing:
                 trainer.save_checkpoint(out / "checkpoints" / LAST)
             eps = strategy.epsilon()
+            facts.resumed_steps = strategy.resumed_steps
             summary.update(
                 epsilon=eps.epsilon,
+                epsilon_estimate=eps.epsilon_estimate,
                 epsilon_lower=eps.epsilon_lower,
                 epsilon_upper=eps.epsilon_upper,
                 accountant=eps.accountant,
@@ -266,6 +294,14 @@ def run(
         summary["wall_s"] = time.perf_counter() - start
         if summary["status"] == "failed":  # the steps taken, not the plan's
             summary["steps"] = trainer.global_step if trainer is not None else None
+        if facts is not None and process_rank(trainer) == 0:
+            summary["nonprivate_metrics"] = sorted(
+                m for m in facts.released_metrics if is_nonprivate(m, facts.nonprivate)
+            )
+            summary["privacy_statement"] = privacy_statement(facts)
+            (out / "privacy_statement.md").write_text(
+                statement_markdown(summary["privacy_statement"])
+            )
         if process_rank(trainer) == 0 or summary["status"] == "failed":
             summary = write_summary(out / "summary.json", summary)
             _finish_wandb(logger, summary)

@@ -85,6 +85,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     num_classes: int
     input_shape: tuple[int, ...]
     name: str = "dataset"
+    label_source: str | None = "the dataset's definition"  # not read from private records
 
     def __init__(
         self,
@@ -92,8 +93,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         eval_batch_size: int = 512,
         augment: bool = False,
+        public_validation: bool = False,
     ):
         super().__init__()
+        # The validation split is carved from the same pool as the training set. Declared
+        # public, its metrics may be released as they are; otherwise they are non-private
+        # releases about the pool's people, marked so in every record.
+        self.public_validation = bool(public_validation)
         if not (0.0 < val_fraction < 1.0):
             raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
         self.sampler: Sampling | None = None

@@ -34,8 +34,10 @@ class TextDataModule(ClassificationDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         eval_batch_size: int = 256,
+        public_validation: bool = False,
     ):
-        super().__init__(val_fraction, split_seed, eval_batch_size, augment=False)
+        super().__init__(val_fraction, split_seed, eval_batch_size, augment=False,
+                         public_validation=public_validation)  # fmt: skip
         if max_length < 2:
             raise ValueError(f"dataset.max_length must be >= 2, got {max_length}")
         self.tokenizer_name = tokenizer
@@ -222,11 +224,21 @@ class TextFiles(TextDataModule):
         test: str,
         text_columns: list[str] = ("text",),
         label_column: str = "label",
+        labels: list[str] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.train_path, self.test_path = Path(train), Path(test)
         self.text_columns, self.label_column = list(text_columns), label_column
+        self.labels = None if labels is None else [str(v) for v in labels]
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ValueError(
+                f"dataset.labels has {len(self.labels)} names but dataset.num_classes="
+                f"{self.num_classes}; give one name per class"
+            )
+        # Where the label names came from: the config (public), or the private files (then
+        # the set of names is itself read from private data, and the records say so).
+        self.label_source = "config" if self.labels is not None else None
 
     def read(self):
         train, test = _read_rows(self.train_path), _read_rows(self.test_path)
@@ -239,8 +251,18 @@ class TextFiles(TextDataModule):
                     "dataset.text_columns=[...] and dataset.label_column=... to its columns"
                 )
         raw = [r[self.label_column] for r in train + test]
-        names = sorted({str(v) for v in raw})
-        as_int = all(str(v).lstrip("-").isdigit() for v in raw)
+        as_int = self.labels is None and all(str(v).lstrip("-").isdigit() for v in raw)
+        if self.labels is not None:
+            unknown = sorted({str(v) for v in raw} - set(self.labels))
+            if unknown:
+                raise DataError(
+                    f"labels {unknown[:5]} in the files are not in dataset.labels="
+                    f"{self.labels}; add them (one name per class)"
+                )
+            names = self.labels
+        else:
+            names = sorted({str(v) for v in raw})
+            self.label_source = "integers in the files" if as_int else "names in the files"
         index = {n: i for i, n in enumerate(names)}
 
         def convert(rows):

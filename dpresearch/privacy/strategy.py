@@ -190,6 +190,7 @@ class DPSGD(PhysicalBatching):
         self._restored_generator: torch.Tensor | None = None
         self.max_dp_steps: int | None = None  # the budget guard's limit
         self.planned_steps: int | None = None  # the steps the trainer will run (all of them)
+        self.resumed_steps = 0
         self.stopped_by_budget = False
         self.probe: Any = None  # an audit's canaries (dpresearch.privacy.auditing); None in runs
 
@@ -273,6 +274,7 @@ class DPSGD(PhysicalBatching):
         super().on_train_start()
         trainer = self.lightning_module.trainer
         self.planned_steps = int(trainer.estimated_stepping_batches)
+        self.resumed_steps = self.dp_steps  # taken before this fit (a resume's checkpoint)
         if self.dp_steps == 0 and self.calibrated_steps not in (None, self.planned_steps):
             raise PrivacyConfigError(  # a Trainer setting the plan did not model
                 f"sigma was calibrated for {self.calibrated_steps} steps but Lightning will run "

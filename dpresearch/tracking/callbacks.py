@@ -23,9 +23,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 class Throughput(pl.Callback):
     """Training examples per second, counting only time inside training batches; under data
-    parallelism the examples of all processes (the strategy's ``step_examples``)."""
+    parallelism the examples of all processes (the strategy's ``step_examples``).
 
-    def __init__(self) -> None:
+    ``per_step``: count this public constant per step instead (private runs: the expected
+    batch size), since the realised Poisson batch sizes are a function of the private data."""
+
+    def __init__(self, per_step: int | None = None) -> None:
+        self.per_step = per_step
         self.examples = 0
         self.seconds = 0.0
         self._epoch_examples = 0
@@ -44,7 +48,7 @@ class Throughput(pl.Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - self._t0
-        n = getattr(trainer.strategy, "step_examples", None)
+        n = self.per_step or getattr(trainer.strategy, "step_examples", None)
         if n is None:
             n = count_real(batch)  # padding examples do not count
         self._epoch_seconds += dt
@@ -66,10 +70,14 @@ class MetricsRecorder(pl.Callback):
     """Appends every epoch's logged metrics to ``metrics.jsonl`` as soon as they exist, so a
     run that crashes keeps what it measured."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, nonprivate: tuple[str, ...] = ()) -> None:
+        """``nonprivate``: metric names (or prefixes ending in "/") released outside the
+        accountant; each row lists those it holds under ``"nonprivate"``."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.nonprivate = nonprivate
         self.last: dict[str, float] = {}
+        self.released: set[str] = set()  # every metric name written
 
     def _write(self, trainer: pl.Trainer, stage: str) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -78,6 +86,10 @@ class MetricsRecorder(pl.Callback):
         self.last.update(metrics)
         row = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update(metrics)
+        self.released.update(metrics)
+        marked = sorted(k for k in metrics if is_nonprivate(k, self.nonprivate))
+        if marked:
+            row["nonprivate"] = marked
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -90,6 +102,10 @@ class MetricsRecorder(pl.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._write(trainer, "test")
+
+
+def is_nonprivate(name: str, nonprivate: tuple[str, ...]) -> bool:
+    return any(name == n or (n.endswith("/") and name.startswith(n)) for n in nonprivate)
 
 
 def _num(v) -> float | None:

@@ -1,0 +1,238 @@
+"""The privacy statement every run writes: what was guaranteed, for what, and what was not.
+
+Reviewers ask for the guarantee stated completely (Ponomareva et al. 2023, "How to DP-fy ML",
+section 5.3). The statement is built from what the run DID (the steps taken, the sampler that
+drew the batches, the randomness that was used, the metrics that were written), never from the
+request. It goes to ``privacy_statement.md`` and under ``privacy_statement`` in summary.json.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpresearch.tracking.callbacks import is_nonprivate
+
+PUBLIC_PARAMETERS = {"epsilon", "dp_steps", "noise_multiplier", "sample_rate"}
+
+
+@dataclass
+class RunFacts:
+    """What the run did, gathered by train.run (the summary holds the rest)."""
+
+    summary: dict
+    randomness: str | None  # None: a non-private run
+    released_metrics: set[str] = field(default_factory=set)
+    nonprivate: tuple[str, ...] = ()
+    public_validation: bool = False
+    label_source: str | None = None
+    sweep_trial: bool = False
+    pruning: bool = False
+    checkpoints: bool = True
+    resumed_steps: int = 0  # DP steps the resumed checkpoint had already taken
+
+
+def metric_policy(
+    private: bool, train_metrics: bool | str, public_validation: bool
+) -> tuple[str | None, tuple[str, ...]]:
+    """(the name prefix of training-batch metrics or None, the names marked non-private).
+
+    Non-private runs log everything as usual. Private runs do not log training-batch
+    metrics unless asked (``run.train_metrics=true``), and then as ``nonprivate/train_*``;
+    validation metrics are marked non-private unless the split is declared public."""
+    if train_metrics not in ("auto", True, False):
+        raise ValueError(f"run.train_metrics must be auto, true or false, got {train_metrics!r}")
+    if not private:
+        return (None if train_metrics is False else "train"), ()
+    prefix = "nonprivate/train" if train_metrics is True else None
+    nonprivate = ("nonprivate/",) + (() if public_validation else ("val_acc", "val_loss"))
+    return prefix, nonprivate
+
+
+def code_version() -> dict:
+    """The git commit of this code and whether the working tree differed from it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                 text=True, timeout=10, check=True)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "note": "not a git checkout"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _metric(name: str, facts: RunFacts) -> dict:
+    if is_nonprivate(name, facts.nonprivate):
+        why = "computed from the private training batches, outside the accountant"
+        if name.startswith("val_"):
+            why = (
+                "computed on the validation split, carved from the private pool and not "
+                "declared public (dataset.public_validation=false); outside the accountant"
+            )
+        return {"what": f"metric {name}", "covered": False, "why": why}
+    if name in PUBLIC_PARAMETERS:
+        why = "a function of the mechanism's public parameters (sigma, q, steps, delta)"
+    elif name == "train_examples_per_s":
+        why = "counts the public expected batch size per step, not the realised batches"
+        if facts.randomness is None:
+            why = "non-private run"
+    elif name.startswith("val_"):
+        why = "computed on the validation split, declared public (dataset.public_validation)"
+    elif name.startswith("test_"):
+        why = ("computed on the held-out test split, which is not training data: the guarantee "
+               "is about the training set and says nothing about these examples")  # fmt: skip
+        return {"what": f"metric {name}", "covered": False, "why": why}
+    else:
+        why = "non-private run" if facts.randomness is None else "not classified: treat as not DP"
+        return {"what": f"metric {name}", "covered": False, "why": why}
+    return {"what": f"metric {name}", "covered": facts.randomness is not None, "why": why}
+
+
+def privacy_statement(facts: RunFacts) -> dict:
+    s = facts.summary
+    private = bool(s.get("private"))
+    released = [
+        {"what": "final model weights", "covered": private,
+         "why": "post-processing of the noised updates" if private else "non-private run"},
+    ]  # fmt: skip
+    if facts.checkpoints:
+        secure = facts.randomness == "secure"
+        released.append({
+            "what": "checkpoints/last.ckpt", "covered": private and secure,
+            "why": ("model, optimizer and loop state only: the noise and sampling randomness "
+                    "are never saved (randomness=secure)") if secure else
+                   ("holds the seeded noise and sampler generators, from which the noise and "
+                    "batches can be replayed: keep it private; release the weights only")
+                   if private else "non-private run",
+        })  # fmt: skip
+    released += [_metric(m, facts) for m in sorted(facts.released_metrics)]
+    released.append({
+        "what": "summary.json, config.yaml (hyperparameters, dataset size, this statement)",
+        "covered": private, "why": "public parameters of the mechanism; the dataset size N is "
+        "treated as public (the sample rate q = E/N is computed from it)",
+    })  # fmt: skip
+    if facts.label_source not in (None, "the dataset's definition", "config"):
+        released.append({"what": "the label set", "covered": False,
+                         "why": f"read from the private files ({facts.label_source}); give "
+                                "dataset.labels to make it public"})  # fmt: skip
+    statement: dict = {
+        "setting": "central differential privacy: one trusted party holds the data and trains; "
+        "the guarantee is about what the run releases",
+        "private": private,
+        "status": s.get("status"),
+        "released": released,
+        "code": code_version(),
+    }
+    if not private:
+        statement["guarantee"] = "none: a non-private run (privacy=none)"
+        return statement
+    poisson = bool(s.get("accounting_matches_sampler"))
+    n = s.get("num_train")
+    delta = s.get("delta")
+    covered = f"the {s.get('steps')} DP-SGD steps of this run"
+    if facts.resumed_steps:
+        covered += (f", of which {facts.resumed_steps} were taken before the resume (their "
+                    "epsilon is included)")  # fmt: skip
+    statement.update(
+        guarantee=(
+            f"({s.get('epsilon'):.4g}, {delta:g})-DP for each training example"
+            if poisson
+            else "none proven: the sampler does not match the accountant"
+        ),
+        unit="example",
+        neighbouring_relation="add/remove one example (the accountants analyse the "
+        "Poisson-subsampled Gaussian under add/remove)",
+        data_accesses={
+            "covered": covered,
+            "sweep": (
+                "this run is one trial of a sweep: choosing among trials is NOT accounted "
+                "(the epsilon is this trial's alone)"
+            )
+            if facts.sweep_trial
+            else "a single run: no selection among runs",
+            "validation": (
+                "the validation split is declared public"
+                if facts.public_validation
+                else "the validation split (carved from the private pool, not "
+                "trained on) is read at every evaluation; its metrics are NOT "
+                "covered and are marked non-private"
+            ),
+            "pruning": (
+                "trials are pruned on validation metrics: NOT accounted"
+                if facts.pruning
+                else "none"
+            ),
+        },  # fmt: skip
+        mechanism={
+            "name": "DP-SGD: per-example clipping, Gaussian noise once per step",
+            "clipping": s.get("clipping"),
+            "engine": s.get("engine"),
+            "max_grad_norm": s.get("max_grad_norm"),
+            "noise_multiplier": s.get("noise_multiplier"),
+            "noise_std": "noise_multiplier * max_grad_norm, on the sum of clipped gradients",
+            "normaliser": f"the public constant expected_batch_size={s.get('expected_batch_size')}"
+            " (not the realised batch size)",
+            "sample_rate": s.get("sample_rate"),
+            "steps": s.get("steps"),
+            "world_size": s.get("world_size"),
+        },  # fmt: skip
+        sampler={
+            "name": s.get("sampler"),
+            "poisson": poisson,
+            "accountant_assumption_holds": poisson,
+            "note": "each example joins each step independently with probability q"
+            if poisson
+            else "fixed-size shuffled batches: the reported epsilon assumes Poisson "
+            "sampling and is NOT a guarantee for this run",
+        },
+        accounting={
+            "accountant": s.get("accountant"),
+            "epsilon": s.get("epsilon"),
+            "epsilon_estimate": s.get("epsilon_estimate"),
+            "epsilon_lower": s.get("epsilon_lower"),
+            "delta": delta,
+            "num_train": n,
+            "delta_times_n": delta * n if delta and n else None,
+            "note": s.get("accountant_note"),
+            "reported": "an upper bound: the larger of the PRV and PLD bounds (or RDP where "
+            "tighter; the exact Gaussian composition at q=1)",
+        },  # fmt: skip
+        randomness={
+            "mode": facts.randomness,
+            "meaning": "noise and batch sampling from the OS's cryptographic generator, never "
+            "recorded; dropout and augmentation are seeded (the guarantee holds for any fixed "
+            "value of them)"
+            if facts.randomness == "secure"
+            else "noise AND batch sampling follow the run's seed (recorded in config.yaml): "
+            "reproducible, but anyone who knows the seed can replay the noise and the "
+            "batches, which voids the guarantee; do not publish the seed, or use "
+            "privacy.randomness=secure",
+        },
+    )
+    return statement
+
+
+def statement_markdown(statement: dict) -> str:
+    """privacy_statement.md: the same fields, for people."""
+    lines = ["# Privacy statement", "", f"- Setting: {statement['setting']}",
+             f"- Guarantee: {statement.get('guarantee')}",
+             f"- Run status: {statement.get('status')}"]  # fmt: skip
+    for key in ("unit", "neighbouring_relation"):
+        if key in statement:
+            lines.append(f"- {key.replace('_', ' ').capitalize()}: {statement[key]}")
+    for section in ("data_accesses", "mechanism", "sampler", "accounting", "randomness", "code"):
+        if section in statement:
+            lines += ["", f"## {section.replace('_', ' ').capitalize()}", ""]
+            lines += [f"- {k}: {v}" for k, v in statement[section].items()]
+    lines += ["", "## Released", "", "| what | covered by the guarantee | why |", "|---|---|---|"]
+    lines += [f"| {r['what']} | {'yes' if r['covered'] else 'NO'} | {r['why']} |"
+              for r in statement["released"]]  # fmt: skip
+    return "\n".join(lines) + "\n"

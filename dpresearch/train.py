@@ -295,19 +295,28 @@ def run(
         if summary["status"] == "failed":  # the steps taken, not the plan's
             summary["steps"] = trainer.global_step if trainer is not None else None
         if facts is not None and process_rank(trainer) == 0:
-            summary["nonprivate_metrics"] = sorted(
-                m for m in facts.released_metrics if is_nonprivate(m, facts.nonprivate)
-            )
-            summary["privacy_statement"] = privacy_statement(facts)
-            (out / "privacy_statement.md").write_text(
-                statement_markdown(summary["privacy_statement"])
-            )
+            _write_statement(out, summary, facts)
         if process_rank(trainer) == 0 or summary["status"] == "failed":
             summary = write_summary(out / "summary.json", summary)
             _finish_wandb(logger, summary)
     if process_rank(trainer) == 0:
         print_summary(summary)
     return summary
+
+
+def _write_statement(out: Path, summary: dict, facts: RunFacts) -> None:
+    """privacy_statement.md and the summary's copy; a failure here is recorded, and never
+    hides the run's own error."""
+    summary["nonprivate_metrics"] = sorted(
+        m for m in facts.released_metrics if is_nonprivate(m, facts.nonprivate)
+    )
+    try:
+        summary["privacy_statement"] = privacy_statement(facts)
+        (out / "privacy_statement.md").write_text(statement_markdown(summary["privacy_statement"]))
+    except Exception as err:  # the summary must still be written
+        summary["privacy_statement"] = None
+        summary["privacy_statement_error"] = f"{type(err).__name__}: {err}"
+        log.error("could not write the privacy statement: %s", err)
 
 
 def _finish_wandb(logger, summary: dict) -> None:

@@ -91,3 +91,33 @@ def test_label_names_come_from_the_config_or_are_recorded_as_read(tmp_path) -> N
         TextFiles(**common, labels=["positive", "negative"]).read()
     with pytest.raises(ValueError, match="one name per class"):
         TextFiles(**common, labels=["pos"])
+
+
+def test_report_shows_each_groups_statements(tmp_path) -> None:
+    from dpresearch.report.__main__ import statement_rows
+    from dpresearch.report.runs import Run
+
+    def fake(randomness: str, covered: bool) -> Run:
+        statement = {"guarantee": "(3, 1e-05)-DP", "sampler": {"accountant_assumption_holds": True},
+                     "randomness": {"mode": randomness}, "code": {"commit": "abc", "dirty": False},
+                     "data_accesses": {"sweep": "a single run", "validation": "public"},
+                     "released": [{"what": "metric val_acc", "covered": covered}]}  # fmt: skip
+        summary = {"private": True, "clipping": "fixed", "engine": "bk", "finetune": "full",
+                   "sampler": "poisson", "privacy_statement": statement}  # fmt: skip
+        return Run(tmp_path, summary)
+
+    (row,) = statement_rows([fake("seeded", True), fake("secure", False)])
+    assert row["runs"] == 2 and row["randomness"] == "secure; seeded"  # a mixed group shows it
+    assert row["not_covered"] == "metric val_acc" and row["code"] == "abc"
+
+
+def test_a_failed_run_still_states_what_it_did(compose_cfg, tmp_path) -> None:
+    """A crash after the first epoch: the statement says no epsilon was accounted, and the
+    run's own error is what is raised."""
+    model = ["model._target_=tests.ddp_helpers.FailingNet", "+model.rank=0",
+             "+model.fail_at=3", "sampler.max_physical_batch_size=1024"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="deliberate failure"):
+        run(compose_cfg([*FAST, *model, "trainer.max_epochs=2"]), tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["status"] == "failed" and saved["privacy_statement"]["status"] == "failed"
+    assert saved["privacy_statement"]["guarantee"].startswith("not computed")

@@ -142,11 +142,7 @@ def privacy_statement(facts: RunFacts) -> dict:
         covered += (f", of which {facts.resumed_steps} were taken before the resume (their "
                     "epsilon is included)")  # fmt: skip
     statement.update(
-        guarantee=(
-            f"({s.get('epsilon'):.4g}, {delta:g})-DP for each training example"
-            if poisson
-            else "none proven: the sampler does not match the accountant"
-        ),
+        guarantee=guarantee(s.get("epsilon"), delta, poisson),
         unit="example",
         neighbouring_relation="add/remove one example (the accountants analyse the "
         "Poisson-subsampled Gaussian under add/remove)",
@@ -218,6 +214,15 @@ def privacy_statement(facts: RunFacts) -> dict:
         },
     )
     return statement
+
+
+def guarantee(epsilon: float | str | None, delta: float | None, poisson: bool) -> str:
+    if not poisson:
+        return "none proven: the sampler does not match the accountant"
+    if epsilon is None or delta is None:
+        return "not computed: the run ended before its privacy was accounted"
+    eps = f"{epsilon:.4g}" if isinstance(epsilon, float) else str(epsilon)
+    return f"({eps}, {delta:g})-DP for each training example"
 
 
 def statement_markdown(statement: dict) -> str:

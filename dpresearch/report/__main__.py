@@ -21,6 +21,10 @@ RUN_COLUMNS = [("run", "run"), ("dataset", "dataset"), ("method", "method"), ("s
 COST_COLUMNS = [("method", "method"), ("runs", "runs"), ("examples_per_s", "examples/s"),
                 ("speed_vs_nonprivate", "vs non-private"), ("peak_memory_mb", "peak MB"),
                 ("wall_s", "wall s")]  # fmt: skip
+STATEMENT_COLUMNS = [("method", "method"), ("runs", "runs"), ("guarantee", "guarantee"),
+                     ("sampler", "sampler matches accountant"), ("randomness", "randomness"),
+                     ("accesses", "data accesses"), ("not_covered", "released, NOT covered"),
+                     ("code", "code")]  # fmt: skip
 EPS_COLUMNS = [("method", "method"), ("epsilon", "epsilon"), ("mean", "test acc (mean)"),
                ("std", "std"), ("n", "seeds")]  # fmt: skip
 
@@ -37,6 +41,36 @@ def run_row(r: Run) -> dict:
             "test_accuracy": s.get("test_accuracy"), "val_accuracy": s.get("val_accuracy"),
             "train_examples_per_s": s.get("train_examples_per_s"),
             "error": (s.get("error") or "")[:160]}  # fmt: skip
+
+
+def statement_rows(members: list[Run]) -> list[dict]:
+    """Each method's privacy statements, summarised (values that differ across its runs are
+    all listed, so a mixed group shows it)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in members:
+        if r.summary.get("privacy_statement"):
+            groups[r.method].append(r.summary["privacy_statement"])
+
+    def values(items) -> str:
+        return "; ".join(sorted({str(v) for v in items if v is not None})) or "-"
+
+    rows = []
+    for method, statements in sorted(groups.items()):
+        rows.append({
+            "method": method, "runs": len(statements),
+            "guarantee": values(s.get("guarantee") for s in statements),
+            "sampler": values((s.get("sampler") or {}).get("accountant_assumption_holds")
+                              for s in statements),
+            "randomness": values((s.get("randomness") or {}).get("mode") for s in statements),
+            "accesses": values(f"{a.get('sweep')}; validation: {a.get('validation')}"
+                               for s in statements for a in [s.get("data_accesses") or {}]),
+            "not_covered": values(x["what"] for s in statements for x in s["released"]
+                                  if not x["covered"]),
+            "code": values(f"{(s.get('code') or {}).get('commit', '?')[:10]}"
+                           f"{' (dirty)' if (s.get('code') or {}).get('dirty') else ''}"
+                           for s in statements),
+        })  # fmt: skip
+    return rows
 
 
 def build_report(roots: list[Path], out: Path) -> Path:
@@ -74,6 +108,10 @@ def build_report(roots: list[Path], out: Path) -> Path:
         path = out / f"curves_{name}.png"
         if figures.plot_curves(members, dataset, path):
             parts.append(image(path, f"learning curves ({dataset})"))
+        statements = statement_rows(members)
+        if statements:
+            parts.append("<h3>Privacy statements</h3>")
+            parts.append(table(statements, STATEMENT_COLUMNS, "statements"))
         grid = figures.lr_clip_grid(members)
         if grid:
             path = out / f"heatmap_{name}.png"

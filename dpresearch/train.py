@@ -330,6 +330,6 @@ def _finish_wandb(logger, summary: dict) -> None:
 
         if wandb.run is not None:
             for key, value in summary.items():
-                if isinstance(value, (int, float, str, bool)) or value is None:
+                if isinstance(value, (int, float, str, bool, dict, list)) or value is None:
                     wandb.run.summary[key] = value
             wandb.finish(exit_code=0 if summary.get("status") == "completed" else 1)

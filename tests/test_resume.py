@@ -192,3 +192,13 @@ def test_secure_noise_is_standard_normal_and_not_reproducible(compose_cfg, tmp_p
 def test_the_old_secure_rng_switch_is_refused_with_its_replacement(compose_cfg, tmp_path) -> None:
     with pytest.raises(PrivacyConfigError, match="privacy.randomness=secure"):
         run(compose_cfg([*FAST, "privacy.secure_rng=true"]), tmp_path / "old")
+
+
+def test_noise_is_never_drawn_in_reduced_precision() -> None:
+    from dpresearch.privacy.noise import add_noise
+
+    summed = torch.zeros(200_000, dtype=torch.bfloat16)
+    noised = add_noise(summed, 3.0, torch.Generator().manual_seed(0))
+    assert noised.dtype == torch.float32
+    assert abs(float(noised.std()) - 3.0) < 0.03
+    assert len(torch.unique(noised[:1000])) == 1000  # float32 values, not bfloat16's grid

@@ -160,3 +160,24 @@ def test_secure_sampler_state_holds_no_key_and_refuses_to_feed_a_seeded_one() ->
         seeded.load_state_dict(state)
     shuffled = list(ShuffleSampling(expected_batch_size=10).build(100, seed=key))
     assert sorted(i for b in shuffled for i in b) == list(range(100))  # a permutation
+
+
+def test_the_secret_key_is_drawn_once_and_broadcast_from_rank_0() -> None:
+    """Under DDP every rank must draw the same global mask: the key comes from rank 0."""
+    from types import SimpleNamespace
+
+    from dpresearch.data.base import ClassificationDataModule
+
+    sent = []
+
+    def broadcast(obj, src=0):
+        sent.append((obj, src))
+        return b"k" * 32  # what rank 0 drew
+
+    dm = ClassificationDataModule()
+    dm.attach_sampler(PoissonSampling(expected_batch_size=4), seed=None)
+    dm.trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(broadcast=broadcast))
+    assert dm._sampler_source() == b"k" * 32 and sent[0][1] == 0
+    assert len(sent[0][0]) == 32 and sent[0][0] != b"k" * 32  # this rank's own draw, replaced
+    dm.attach_sampler(PoissonSampling(expected_batch_size=4), seed=7)
+    assert dm._sampler_source() == 7  # seeded: the seed itself

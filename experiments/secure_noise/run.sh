@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces experiments/secure_noise/: what privacy.secure_rng=true costs. DP bk with the
+# Reproduces experiments/secure_noise/: what privacy.randomness=secure costs (the noise part). DP bk with the
 # seeded torch.Generator against DP bk with noise from os.urandom, in one benchmark process
 # per model, interleaved round by round (python -m dpresearch.benchmark). About 1.5 minutes.
 set -euo pipefail

@@ -17,6 +17,26 @@ from dpresearch.data.samplers import (
 )
 
 
+def inclusions(sampler, steps: int, n: int) -> np.ndarray:
+    """(steps, n) booleans: which examples each of the first ``steps`` batches holds."""
+    incl = np.zeros((steps, n), dtype=bool)
+    t = 0
+    while t < steps:
+        for batch in sampler:
+            if t == steps:
+                break
+            incl[t, batch] = True
+            t += 1
+    return incl
+
+
+def lag_pvalue(incl: np.ndarray) -> float:
+    """Chi-square p-value of example 0's inclusion in one step against the next."""
+    a, b = incl[:-1, 0], incl[1:, 0]
+    table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
+    return stats.chi2_contingency(table)[1]
+
+
 def test_poisson_batch_sizes_have_binomial_mean_and_variance() -> None:
     n, q, steps = 2000, 0.05, 4000
     sampler = PoissonSampling(expected_batch_size=100).build(n, seed=3)
@@ -33,15 +53,7 @@ def test_poisson_batch_sizes_have_binomial_mean_and_variance() -> None:
 
 def test_poisson_inclusions_are_independent_and_at_rate_q() -> None:
     n, q, steps = 50, 0.2, 6000
-    sampler = PoissonSampling(expected_batch_size=10).build(n, seed=5)
-    incl = np.zeros((steps, n), dtype=bool)
-    t = 0
-    while t < steps:
-        for batch in sampler:
-            if t == steps:
-                break
-            incl[t, batch] = True
-            t += 1
+    incl = inclusions(PoissonSampling(expected_batch_size=10).build(n, seed=5), steps, n)
     # Each example's inclusion rate is q.
     rates = incl.mean(0)
     assert np.all(np.abs(rates - q) < 5 * np.sqrt(q * (1 - q) / steps))
@@ -55,11 +67,7 @@ def test_poisson_inclusions_are_independent_and_at_rate_q() -> None:
         pvalues.append(stats.chi2_contingency(table)[1])
     assert min(pvalues) > 0.001
     # Across steps, one example's inclusions are independent too (lag-1 contingency).
-    lagged = np.array(
-        [[np.sum(incl[:-1, 0] & incl[1:, 0]), np.sum(incl[:-1, 0] & ~incl[1:, 0])],
-         [np.sum(~incl[:-1, 0] & incl[1:, 0]), np.sum(~incl[:-1, 0] & ~incl[1:, 0])]]
-    )  # fmt: skip
-    assert stats.chi2_contingency(lagged)[1] > 0.001
+    assert lag_pvalue(incl) > 0.001
 
 
 def test_poisson_steps_per_epoch_is_n_over_expected_batch() -> None:
@@ -108,33 +116,17 @@ def test_padding_examples_are_zero_with_ignored_labels_and_not_counted() -> None
 # --- privacy.randomness=secure: batches from a secret key, not the published seed ---------
 
 
-def _inclusions(sampler, steps: int, n: int) -> np.ndarray:
-    incl = np.zeros((steps, n), dtype=bool)
-    t = 0
-    while t < steps:
-        for batch in sampler:
-            if t == steps:
-                break
-            incl[t, batch] = True
-            t += 1
-    return incl
-
-
 def test_secure_poisson_has_the_poisson_distribution() -> None:
     n, q, steps = 400, 0.05, 4000
     sampler = PoissonSampling(expected_batch_size=20).build(n, seed=new_secret_key())
-    incl = _inclusions(sampler, steps, n)
+    incl = inclusions(sampler, steps, n)
     sizes = incl.sum(1)
     mean, var = n * q, n * q * (1 - q)
     assert abs(sizes.mean() - mean) < 4 * np.sqrt(var / steps)
     assert abs(sizes.var(ddof=1) - var) < 4 * var * np.sqrt(2 / steps)
     rates = incl.mean(0)
     assert np.all(np.abs(rates - q) < 5 * np.sqrt(q * (1 - q) / steps))
-    lagged = np.array(
-        [[np.sum(incl[:-1, 0] & incl[1:, 0]), np.sum(incl[:-1, 0] & ~incl[1:, 0])],
-         [np.sum(~incl[:-1, 0] & incl[1:, 0]), np.sum(~incl[:-1, 0] & ~incl[1:, 0])]]
-    )  # fmt: skip
-    assert stats.chi2_contingency(lagged)[1] > 0.001
+    assert lag_pvalue(incl) > 0.001
 
 
 def test_secure_batches_do_not_follow_the_seed_and_are_shared_by_ranks() -> None:

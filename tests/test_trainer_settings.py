@@ -17,7 +17,6 @@ FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false",
     [
         (["+trainer.max_steps=8"], 8),  # cuts the 30 epochs short
         (["trainer.max_epochs=null", "+trainer.max_steps=8"], 8),
-        (["trainer.max_epochs=2", "+trainer.limit_train_batches=3"], 6),
         (["trainer.max_epochs=2", "+trainer.limit_train_batches=0.5"], 4),  # 5 per epoch
     ],
 )

@@ -11,6 +11,7 @@ from dpresearch.privacy.accounting import ACCOUNTANTS
 
 ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk")
 RANDOMNESS = ("seeded", "secure")
+MAX_NOISE_MULTIPLIER = 1e6
 
 
 class PrivacyConfigError(ValueError):
@@ -64,12 +65,13 @@ class DPSpec:
             )
         if self.noise_multiplier is not None and not (
             isinstance(self.noise_multiplier, (int, float))
-            and 0 <= self.noise_multiplier < math.inf
+            and 0 <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER
         ):
             raise PrivacyConfigError(
-                f"privacy.noise_multiplier must be a finite number >= 0, got "
-                f"{self.noise_multiplier} (infinite noise would release nothing; for no "
-                "training at all, do not run)"
+                f"privacy.noise_multiplier must be a number in [0, {MAX_NOISE_MULTIPLIER:g}], "
+                f"got {self.noise_multiplier}: noise beyond a million times the clipping bound "
+                "drowns every gradient (and overflows float32 in the update); infinite noise "
+                "would release nothing"
             )
         if not (0 < self.delta < 1):
             raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")

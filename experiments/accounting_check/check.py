@@ -33,6 +33,7 @@ def pld_epsilon(q, sigma, steps, delta, pessimistic: bool, interval: float) -> f
     dist = pld.from_gaussian_mechanism(
         standard_deviation=sigma, sensitivity=1.0, sampling_prob=q,
         value_discretization_interval=interval, pessimistic_estimate=pessimistic,
+        use_connect_dots=pessimistic,  # the optimistic end: privacy buckets
     )  # fmt: skip
     return max(float(dist.self_compose(steps).get_epsilon_for_delta(delta)), 0.0)
 
@@ -40,8 +41,9 @@ def pld_epsilon(q, sigma, steps, delta, pessimistic: bool, interval: float) -> f
 def exact_gaussian(sigma, steps, delta) -> float:
     mu = math.sqrt(steps) / sigma
 
-    def gap(eps: float) -> float:
-        return norm.cdf(mu / 2 - eps / mu) - math.exp(eps) * norm.cdf(-mu / 2 - eps / mu) - delta
+    def gap(eps: float) -> float:  # in log space: e^eps overflows at large budgets
+        second = math.exp(eps + norm.logcdf(-mu / 2 - eps / mu))
+        return norm.cdf(mu / 2 - eps / mu) - second - delta
 
     if gap(0.0) <= 0:
         return 0.0

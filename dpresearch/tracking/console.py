@@ -37,8 +37,11 @@ def print_summary(summary: dict) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    marked = set(summary.get("nonprivate_metrics") or ())
     for key, label, fmt in TABLE_KEYS:
         value = summary.get(key)
+        if key == "val_accuracy" and "val_acc" in marked:
+            label += " (non-private)"  # the validation split is not declared public
         table.add_row(label, "n/a" if value is None else fmt.format(value))
     if summary.get("accounting_matches_sampler") is False:
         table.caption = (

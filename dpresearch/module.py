@@ -13,6 +13,12 @@ from torch.nn import functional as F
 from dpresearch.data.padding import PAD_LABEL
 
 
+def classification_losses(model: nn.Module, batch) -> torch.Tensor:
+    """Per-example cross-entropy; padding examples (label PAD_LABEL) get loss exactly 0."""
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none", ignore_index=PAD_LABEL)
+
+
 class ClassificationModule(pl.LightningModule):
     def __init__(
         self,
@@ -50,6 +56,11 @@ class ClassificationModule(pl.LightningModule):
             self.log(f"{stage}_loss", loss, **epoch)
             self.log(f"{stage}_acc", acc, prog_bar=stage != "train", **epoch)
         return {"loss": loss, "example_losses": losses}
+
+    def example_losses(self, batch) -> torch.Tensor:
+        """The per-example losses as a pure function of the batch (no logging): what the
+        vmap engine differentiates one example at a time."""
+        return classification_losses(self.model, batch)
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._step(batch, self.train_metrics)

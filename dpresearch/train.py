@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from dpresearch.checkpointing import LAST, RandomState, checkpoint_callback, resume_path
 from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
-from dpresearch.module import ClassificationModule
+from dpresearch.module import ClassificationModule, classification_losses
 from dpresearch.privacy import DPSGD, PrivacyMetrics, PrivacyState, build_strategy, make_plan
 from dpresearch.privacy.accounting import compute_epsilon
+from dpresearch.privacy.self_check import SelfCheck
 from dpresearch.privacy.statement import (
     RunFacts,
     metric_policy,
@@ -201,8 +202,13 @@ def run(
             num_train=datamodule.num_train,
         )
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
-        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp)
+        check = None
+        if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
+            check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
+        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp,
+                                  check)  # fmt: skip
         summary["engine"] = plan.engine
+        summary["self_check"] = plan.self_check
         if probe is not None:
             if not isinstance(strategy, DPSGD):
                 raise ValueError("an audit needs a DP run (privacy=dp): there is no claim to check")

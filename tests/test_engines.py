@@ -19,10 +19,11 @@ from dpresearch.models.cnn import Conv1DNet
 from dpresearch.models.text import TextTransformer
 from dpresearch.models.vit import ViT
 from dpresearch.privacy.engines import make_engine
+from dpresearch.privacy.self_check import LossModule
 from dpresearch.privacy.spec import AutomaticClipping, FixedClipping
 from tests.conftest import dp_strategy, fit_batches
 
-ENGINES = ["hooks", "ghost", "bk"]
+ENGINES = ["hooks", "ghost", "bk", "vmap"]
 FUNCTIONS = {
     "fixed": FixedClipping(max_grad_norm=0.5).factors,
     "automatic": AutomaticClipping(max_grad_norm=0.5, gamma=0.01).factors,
@@ -111,10 +112,11 @@ def engine_sum(
     """The engine's clipped sum over ``chunks`` physical batches (inputs: tensor or dict)."""
     from dpresearch.privacy.strategy import split_batch
 
-    eng = make_engine(engine, model, factors, per_layer)
+    module = LossModule(model, lambda m, batch: losses(m, *batch)["example_losses"])
+    eng = make_engine(engine, module, factors, per_layer)
     try:
         for xs, ys in split_batch((x, y), -(-len(y) // chunks)):
-            eng.run(partial(losses, model, xs, ys))
+            eng.run(partial(losses, model, xs, ys), (xs, ys))
         return eng.take_sums(), eng
     finally:
         eng.close()
@@ -154,10 +156,10 @@ def test_clipping_factors_matter() -> None:
 def test_bk_mixed_rule_picks_ghost_or_materialized_per_layer() -> None:
     """2T^2 < d_in*d_out -> ghost norm; a conv with many positions and few weights -> G_i."""
     _, eng = engine_sum(vit_micro(), *data("vit", 2), "bk", FUNCTIONS["fixed"])
-    assert eng.layer_modes["blocks.0.mlp.0.weight"] == "ghost"  # T=65: 2T^2=8450 < 192*768
+    assert eng.layer_modes["model.blocks.0.mlp.0.weight"] == "ghost"  # T=65: 2T^2=8450 < 192*768
     _, eng = engine_sum(group_norm_cnn(), *data("cnn", 2), "bk", FUNCTIONS["fixed"])
-    assert eng.layer_modes["0.weight"] == "materialized"  # T=64: 2T^2 > 27*8
-    assert eng.layer_modes["7.weight"] == "ghost"  # 2-D input: ||a|| ||b||
+    assert eng.layer_modes["model.0.weight"] == "materialized"  # T=64: 2T^2 > 27*8
+    assert eng.layer_modes["model.7.weight"] == "ghost"  # 2-D input: ||a|| ||b||
 
 
 @pytest.mark.parametrize("engine,passes", [("bk", 1), ("ghost", 2), ("hooks", 1)])
@@ -245,8 +247,9 @@ def test_unsupported_layer_is_refused_naming_module_type_and_engines() -> None:
         resolve_engine(grouped, "bk")
     assert resolve_engine(grouped, "auto") == "hooks"  # bk cannot, hooks can
     custom = nn.Sequential(nn.Linear(3, 3), Scale())
-    with pytest.raises(PrivacyConfigError, match=r"layer 1 \(Scale\).*no engine supports it"):
-        resolve_engine(custom, "auto")
+    with pytest.raises(PrivacyConfigError, match=r"layer 1 \(Scale\).*'hooks'.*engine=vmap"):
+        resolve_engine(custom, "hooks")
+    assert resolve_engine(custom, "auto") == "vmap"  # no rule anywhere: the rule-free engine
     frozen = nn.Sequential(nn.Linear(3, 3), Scale().requires_grad_(False))
     assert resolve_engine(frozen, "auto") == "bk"  # frozen layers need no rule
 
@@ -289,17 +292,15 @@ class Twice(nn.Module):
         return self.head(self.shared(torch.tanh(self.shared(x.flatten(1)))))
 
 
-def test_shared_weights_hooks_exact_and_bk_refuses_naming_the_layer() -> None:
-    from dpresearch.privacy.spec import PrivacyConfigError
-
+@pytest.mark.parametrize("engine", ["hooks", "bk", "vmap"])
+def test_a_layer_called_twice_is_exact(engine: str) -> None:
+    """bk adds the two calls' per-example gradients before the norm (it refused them before)."""
     torch.manual_seed(0)
     model, x, y = Twice(), torch.randn(5, 6), torch.randint(0, 5, (5,))
     factors = FUNCTIONS["fixed"]
     want = brute_force_sum(copy.deepcopy(model), x, y, factors)
-    got, _ = engine_sum(model, x, y, "hooks", factors)
+    got, _ = engine_sum(model, x, y, engine, factors)
     assert_sums_close(got, want)
-    with pytest.raises(PrivacyConfigError, match=r"layer shared \(Linear\) ran twice"):
-        engine_sum(model, x, y, "bk", factors)
 
 
 class WithUnused(nn.Module):

@@ -78,18 +78,11 @@ def test_clipping_exact_under_every_scope(scope: str, engine: str) -> None:
 def kept_inputs(model, x, y) -> dict[str, bool]:
     """Which layers' input activations the bk engine holds at the end of the forward pass."""
     eng = make_engine("bk", model, FixedClipping().factors)
-    seen: dict[str, bool] = {}
-
-    def forward():
-        out = {"example_losses": F.cross_entropy(model(x), y, reduction="none")}
-        seen.update({eng._paths[m]: a is not None for m, a in eng._inputs.items()})
-        return out
-
     try:
-        eng.run(forward)
+        eng.run(lambda: {"example_losses": F.cross_entropy(model(x), y, reduction="none")})
     finally:
         eng.close()
-    return seen
+    return eng.kept_inputs
 
 
 def test_bias_only_keeps_no_input_activations_for_frozen_weights() -> None:

@@ -137,6 +137,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         x = torch.randn(n, *self.input_shape, generator=g)
         return x, torch.randint(0, self.num_classes, (n,), generator=g)
 
+    def check_batch(self, n: int = 5, seed: int = 0) -> tuple[Inputs, torch.Tensor]:
+        """The engine self-check's examples: random inputs of the dataset's shapes and dtypes
+        from a public seed (no record is read), the last one a padding example."""
+        x, y = self.synthetic_batch(n, seed)
+        y[-1] = PAD_LABEL
+        return x, y
+
     # Subclasses provide the raw arrays and how to turn a stored batch into model input.
     def load(self) -> tuple[Inputs, torch.Tensor, Inputs, torch.Tensor]:
         """(x_train_and_val, y_train_and_val, x_test, y_test) as stored (any dtype)."""

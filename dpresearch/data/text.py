@@ -112,6 +112,18 @@ class TextDataModule(ClassificationDataModule):
             0, self.num_classes, (n,), generator=g
         )
 
+    def check_batch(self, n: int = 5, seed: int = 0) -> tuple[Inputs, torch.Tensor]:
+        """Random token ids within the vocabulary and ragged attention masks (random lengths,
+        padding ids after them), as real padded sentences have; the last is a padding example."""
+        x, y = super().check_batch(n, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        lengths = torch.randint(2, self.max_length + 1, (n,), generator=g)
+        keep = torch.arange(self.max_length).unsqueeze(0) < lengths.unsqueeze(1)
+        pad_id = self.tokenizer.pad_token_id or 0
+        x["input_ids"] = torch.where(keep, x["input_ids"], torch.full_like(x["input_ids"], pad_id))
+        x["attention_mask"] = keep.to(x["attention_mask"].dtype)
+        return x, y
+
 
 POSITIVE = ["great", "wonderful", "excellent", "brilliant", "delightful", "superb", "charming",
             "moving", "fantastic", "enjoyable", "gripping", "beautiful", "clever", "touching",

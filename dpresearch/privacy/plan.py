@@ -13,7 +13,7 @@ from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
 from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
-from dpresearch.privacy.validation import resolve_engine
+from dpresearch.privacy.validation import Check, select_engine
 from dpresearch.trainer_settings import run_length
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class PrivacyPlan:
     target_epsilon: float | None = None
     planned_epsilon: float | None = None
     engine: str | None = None  # the DP engine that ran (clipping.engine=auto resolved)
+    self_check: dict | None = None  # the engine's self-check (None: not private)
     debug: bool = False  # fast_dev_run: a smoke test, not a result
 
     def to_dict(self) -> dict:
@@ -92,6 +93,20 @@ def make_plan(
     return plan
 
 
+def self_check_record(engine: str, results: dict, enabled: bool) -> dict:
+    """summary.json's ``self_check``: the chosen engine's result, and every engine tried."""
+    if not enabled:
+        log.warning("clipping.self_check=false: the %s engine's per-example gradients are NOT "
+                    "checked on this model; the records say so", engine)  # fmt: skip
+        return {"enabled": False, "passed": None}
+    chosen = results[engine]
+    seconds = sum(r.seconds for r in results.values())
+    return {"enabled": True, "passed": chosen.passed, "engine": engine,
+            "max_rel_error": chosen.max_rel_error, "seconds": seconds,
+            "dtype": chosen.dtype, "examples": chosen.examples,
+            "tried": {name: r.to_dict() for name, r in results.items()}}  # fmt: skip
+
+
 def build_strategy(
     plan: PrivacyPlan,
     privacy: DPSpec | NoPrivacy,
@@ -101,10 +116,12 @@ def build_strategy(
     device: torch.device,
     seed: int,
     ddp: dict | None = None,
+    check: Check | None = None,
 ) -> PhysicalBatching:
     """The Lightning strategy for the plan: one device, or with ``ddp`` (the trainer group's
     ``ddp`` node: backend, timeout_s) data parallel over Lightning's DDP processes, where
-    Lightning picks each process's device."""
+    Lightning picks each process's device. ``check`` runs the engine self-check (None: it
+    is off, clipping.self_check=false)."""
     if ddp is not None:
         from dpresearch.privacy.distributed import DDPDPStrategy, DDPPhysicalBatchStrategy
 
@@ -115,7 +132,8 @@ def build_strategy(
         single, private = PhysicalBatchStrategy, DPStrategy
     if not plan.private:
         return single(sampling.max_physical_batch_size, **where)
-    plan.engine = resolve_engine(model, clipping.engine, clipping.per_layer)
+    plan.engine, results = select_engine(model, clipping.engine, clipping.per_layer, check)
+    plan.self_check = self_check_record(plan.engine, results, check is not None)
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
     return private(
         noise_multiplier=plan.noise_multiplier,

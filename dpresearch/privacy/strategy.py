@@ -33,36 +33,12 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from dpresearch.data.padding import count_real
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon, steps_within_budget
+from dpresearch.privacy.batching import batch_size, split_batch
 from dpresearch.privacy.engines import Engine, make_engine
 from dpresearch.privacy.noise import add_noise
 from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
 
 log = logging.getLogger(__name__)
-
-
-def batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return len(batch)
-    if isinstance(batch, dict):
-        return batch_size(next(iter(batch.values())))
-    return batch_size(batch[0])
-
-
-def split_batch(batch: Any, size: int) -> list[Any]:
-    """Split every tensor of a (nested) batch along dim 0 into chunks of at most ``size``."""
-    n = batch_size(batch)
-    starts = range(0, max(n, 1), size)
-
-    def take(obj: Any, start: int) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return obj[start : start + size]
-        if isinstance(obj, dict):
-            return {k: take(v, start) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(take(v, start) for v in obj)
-        return obj
-
-    return [take(batch, s) for s in starts]
 
 
 def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
@@ -109,7 +85,7 @@ class PhysicalBatching:
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lightning_module.parameters() if p.requires_grad]
 
-    def _physical_steps(self, args: tuple, kwargs: dict) -> list[tuple[Any, Callable]]:
+    def _physical_steps(self, args: tuple, kwargs: dict) -> list[tuple[Any, Callable[[], Any]]]:
         batch, rest = args[0], args[1:]
         return [
             (chunk, partial(Strategy.training_step, self, chunk, *rest, **kwargs))
@@ -326,7 +302,7 @@ class DPSGD(PhysicalBatching):
         output = None
         for chunk, step in self._physical_steps(args, kwargs):
             if batch_size(chunk):
-                output = self.engine.run(step)
+                output = self.engine.run(step, chunk)
             else:  # an empty Poisson batch: no gradient to record, noise still follows
                 with torch.no_grad():
                     output = step()

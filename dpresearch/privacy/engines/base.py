@@ -41,18 +41,23 @@ class Engine:
         self.factors = factors
         self.per_layer = per_layer
         self.params = [p for p in module.parameters() if p.requires_grad]
+        names = {id(p): n for n, p in module.named_parameters()}
+        self.param_names = [names[id(p)] for p in self.params]
         self._sums: list[torch.Tensor] | None = None
         self.last_norms: torch.Tensor | None = None  # per-example norms, last physical batch
+        self.last_param_norms: torch.Tensor | None = None  # (N, P): per example and parameter
 
-    def run(self, forward: Callable[[], Any]) -> Any:
-        """Forward one physical batch (``forward`` returns training_step's output), then add its
-        clipped per-example gradients to the running sum. Returns the forward's output."""
+    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+        """Forward one physical batch (``forward`` returns training_step's output on ``batch``),
+        then add its clipped per-example gradients to the running sum. Returns the forward's
+        output. Engines that differentiate the loss themselves (vmap) read ``batch``."""
         raise NotImplementedError
 
     def _clip_factors(self, norms: torch.Tensor) -> torch.Tensor:
         """(N, P) per-example, per-parameter norms -> (N, P) factors: from each example's
         total norm (one factor per example), or per parameter under per-layer clipping."""
         norms = norms.detach()
+        self.last_param_norms = norms
         self.last_norms = norms.norm(2, dim=1)
         if self.per_layer:
             return self.factors(norms)

@@ -19,21 +19,32 @@ import torch
 from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
-from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample
-from dpresearch.privacy.spec import PrivacyConfigError
+from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample, materialized
 
 
 def _unused(param: nn.Parameter, n: int) -> PerExample:
     zeros = torch.zeros(n, device=param.device)
-    return PerExample(param, zeros, lambda c: torch.zeros_like(param), "unused")
+    return PerExample(param, zeros, lambda c: torch.zeros_like(param), "unused",
+                      lambda: torch.zeros(n, *param.shape, device=param.device))  # fmt: skip
+
+
+def _wide(sq: torch.Tensor) -> torch.Tensor:
+    """Squared norms in float64 if they came so, else float32 (half-precision models)."""
+    return sq if sq.dtype == torch.float64 else sq.float()
 
 
 def trainable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [
-        (path, m)
-        for path, m in module.named_modules()
-        if any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
+    """The modules that own a trainable parameter. A parameter a module re-registers from
+    its submodules (Opacus' DPLSTM exposes its cells' weights under torch's LSTM names)
+    belongs to the submodule; a weight tied between two unrelated modules belongs to both."""
+    direct = {m: {id(p) for p in m.parameters(recurse=False) if p.requires_grad}
+              for m in module.modules()}  # fmt: skip
+    out = []
+    for path, m in module.named_modules():
+        below = set().union(*(direct[c] for c in m.modules() if c is not m))
+        if direct[m] - below:
+            out.append((path, m))
+    return out
 
 
 class BookKeepingEngine(Engine):
@@ -45,42 +56,54 @@ class BookKeepingEngine(Engine):
         self._layers = trainable_layers(module)
         self._paths = {m: path for path, m in self._layers}
         self._anchor = torch.zeros((), requires_grad=True)
-        self._inputs: dict[nn.Module, torch.Tensor | None] = {}
         self._records: list[PerExample] = []
         self._active = False
         self.layer_modes: dict[str, str] = {}  # "path.param" -> ghost | materialized
+        self.kept_inputs: dict[str, bool] = {}  # layer path -> input activations held
         self._handles = [m.register_forward_hook(self._forward_hook) for _, m in self._layers]
 
     @torch.compiler.disable
     def _forward_hook(self, module: nn.Module, inputs: tuple, output: Any) -> Any:
         if not self._active:
             return None
-        if module in self._inputs:
-            raise PrivacyConfigError(
-                f"layer {self._paths[module]} ({type(module).__name__}) ran twice in one "
-                "forward pass (shared weights); the bk engine cannot combine its per-example "
-                "gradients: use clipping.engine=hooks"
-            )
         weight = getattr(module, "weight", None)
         keep = (
             weight is not None
             and id(weight) in self._trainable
             and not isinstance(module, OUTPUT_ONLY)
         )
-        self._inputs[module] = inputs[0].detach() if keep else None
+        # Each call keeps its own input: a layer called twice (shared weights, a recurrent
+        # cell) gives one record per call, summed per example in ``_combined``.
+        a = inputs[0].detach() if keep else None
+        self.kept_inputs[self._paths[module]] = keep
         if not output.requires_grad:  # a first layer: nothing upstream needs a gradient
             output = output + self._anchor.to(output.device, output.dtype)
-        output.register_hook(lambda grad: self._record(module, grad))
+        output.register_hook(lambda grad: self._record(module, a, grad))
         return output
 
-    def _record(self, module: nn.Module, grad: torch.Tensor) -> None:
-        records = RULES[type(module)](
-            module, self._inputs.pop(module), grad.detach(), self._trainable
-        )
-        self._records.extend(records)
+    def _record(self, module: nn.Module, a: torch.Tensor | None, grad: torch.Tensor) -> None:
+        self._records.extend(RULES[type(module)](module, a, grad.detach(), self._trainable))
 
-    def run(self, forward: Callable[[], Any]) -> Any:
-        self._inputs.clear()
+    def _combined(self, n: int) -> list[PerExample]:
+        """One record per trainable parameter. A parameter used several times (a tied
+        embedding and head, a layer called twice) has per-example gradient the SUM of its
+        uses' (its norm is not the sum of their norms): materialized and added."""
+        uses: dict[int, list[PerExample]] = {}
+        for r in self._records:
+            uses.setdefault(id(r.param), []).append(r)
+        out = []
+        for p in self.params:
+            found = uses.get(id(p))
+            if not found:  # a trainable parameter no layer used: zero for every example
+                out.append(_unused(p, n))
+            elif len(found) == 1:
+                out.append(found[0])
+            else:
+                total = sum(r.per_example() for r in found)
+                out.append(materialized(p, total, "combined"))
+        return out
+
+    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
         self._records.clear()
         for p in self.params:
             p.requires_grad_(False)
@@ -94,17 +117,13 @@ class BookKeepingEngine(Engine):
             for p in self.params:
                 p.requires_grad_(True)
         with torch.no_grad():
-            by_param = {id(r.param): r for r in self._records}
-            n = len(example_losses(output))
-            # A trainable parameter no layer used has zero gradient for every example.
-            records = [by_param.get(id(p)) or _unused(p, n) for p in self.params]
-            sq = torch.stack([r.sq_norms.float() for r in records], 1)
+            records = self._combined(len(example_losses(output)))
+            sq = torch.stack([_wide(r.sq_norms) for r in records], 1)
             factor = self._clip_factors(sq.clamp(min=0).sqrt())
             self._add([r.weighted_sum(factor[:, j]) for j, r in enumerate(records)])
             if not self.layer_modes:
                 names = {id(p): n for n, p in self.module.named_parameters()}
-                self.layer_modes = {names[id(r.param)]: r.mode for r in self._records}
-        self._inputs.clear()
+                self.layer_modes = {names[id(r.param)]: r.mode for r in records}
         self._records.clear()
         return output
 

@@ -29,15 +29,17 @@ class PerExample:
     sq_norms: torch.Tensor  # (N,)
     weighted_sum: Callable[[torch.Tensor], torch.Tensor]  # c (N,) -> sum_i c_i g_i
     mode: str  # "ghost" or "materialized"
+    per_example: Callable[[], torch.Tensor]  # () -> (N, *param.shape), to add up shared uses
 
 
-def _materialized(param: nn.Parameter, grads: torch.Tensor) -> PerExample:
+def materialized(param: nn.Parameter, grads: torch.Tensor, mode: str = "materialized"):
     """Small per-example gradients (N, ...) kept as they are."""
     return PerExample(
         param,
         grads.reshape(len(grads), -1).pow(2).sum(1),
         lambda c: torch.einsum("n,n...->...", c.to(grads.dtype), grads).view_as(param),
-        "materialized",
+        mode,
+        lambda: grads.reshape(len(grads), *param.shape),
     )
 
 
@@ -51,12 +53,17 @@ def _matrix(
     def shaped(g: torch.Tensor) -> torch.Tensor:  # (O, I) -> the parameter's layout
         return (g.mT if transposed else g).reshape(param.shape)
 
+    def per_example() -> torch.Tensor:
+        g = b.mT @ a  # (N, O, I)
+        return (g.mT if transposed else g).reshape(n, *param.shape)
+
     if t == 1:
         a1, b1 = a[:, 0], b[:, 0]
         sq = a1.pow(2).sum(1) * b1.pow(2).sum(1)
         return PerExample(
-            param, sq, lambda c: shaped((b1 * c[:, None].to(b1.dtype)).T @ a1), "ghost"
-        )
+            param, sq, lambda c: shaped((b1 * c[:, None].to(b1.dtype)).T @ a1), "ghost",
+            per_example,
+        )  # fmt: skip
     if 2 * t * t < i * o:
         sq = ((a @ a.mT) * (b @ b.mT)).sum((1, 2))
 
@@ -64,14 +71,14 @@ def _matrix(
             cb = (b * c[:, None, None].to(b.dtype)).reshape(-1, o)
             return shaped(cb.T @ a.reshape(-1, i))
 
-        return PerExample(param, sq, weighted, "ghost")
+        return PerExample(param, sq, weighted, "ghost", per_example)
     grads = b.mT @ a  # (N, O, I)
-    return _materialized(param, grads.mT if transposed else grads)
+    return materialized(param, grads.mT if transposed else grads)
 
 
 def _bias(param: nn.Parameter, b: torch.Tensor) -> PerExample:
     """Bias gradient per example: B summed over positions; b is (N, T, O)."""
-    return _materialized(param, b.sum(1))
+    return materialized(param, b.sum(1))
 
 
 def _wants(param: nn.Parameter | None, trainable: set[int]) -> bool:
@@ -135,15 +142,20 @@ def embedding(m: nn.Embedding, ids, b, trainable: set[int]) -> list[PerExample]:
         rows = (b * c[:, None, None].to(b.dtype)).reshape(-1, d)
         return torch.zeros_like(m.weight).index_add_(0, ids.reshape(-1), rows)
 
-    return [PerExample(m.weight, sq, weighted, "ghost")]
+    def per_example() -> torch.Tensor:
+        rows = ids + m.num_embeddings * torch.arange(n, device=ids.device).unsqueeze(1)
+        flat = torch.zeros(n * m.num_embeddings, d, dtype=b.dtype, device=b.device)
+        return flat.index_add_(0, rows.reshape(-1), b.reshape(-1, d)).view(n, -1, d)
+
+    return [PerExample(m.weight, sq, weighted, "ghost", per_example)]
 
 
 def _affine(m: nn.Module, normalized: torch.Tensor | None, b, channel_view, trainable):
     out = []
     if _wants(m.weight, trainable):
-        out.append(_materialized(m.weight, channel_view(normalized * b)))
+        out.append(materialized(m.weight, channel_view(normalized * b)))
     if _wants(getattr(m, "bias", None), trainable):
-        out.append(_materialized(m.bias, channel_view(b)))
+        out.append(materialized(m.bias, channel_view(b)))
     return out
 
 
@@ -161,11 +173,11 @@ def group_norm(m: nn.GroupNorm, a, b, trainable: set[int]) -> list[PerExample]:
 
 
 def position_embedding(m: PositionEmbedding, a, b, trainable: set[int]) -> list[PerExample]:
-    return [_materialized(m.weight, b)] if _wants(m.weight, trainable) else []
+    return [materialized(m.weight, b)] if _wants(m.weight, trainable) else []
 
 
 def class_token(m: ClassToken, a, b, trainable: set[int]) -> list[PerExample]:
-    return [_materialized(m.weight, b[:, :1])] if _wants(m.weight, trainable) else []
+    return [materialized(m.weight, b[:, :1])] if _wants(m.weight, trainable) else []
 
 
 RULES: dict[type, Callable[..., list[PerExample]]] = {
@@ -186,9 +198,9 @@ def hf_vit_embeddings(m: nn.Module, a, b, trainable: set[int]) -> list[PerExampl
     embedding's is B. Its patch projection is a Conv2d with its own rule."""
     out = []
     if _wants(m.cls_token, trainable):
-        out.append(_materialized(m.cls_token, b[:, :1]))
+        out.append(materialized(m.cls_token, b[:, :1]))
     if _wants(m.position_embeddings, trainable):
-        out.append(_materialized(m.position_embeddings, b))
+        out.append(materialized(m.position_embeddings, b))
     return out
 
 

@@ -18,7 +18,7 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
-from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning, zero_norms
+from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning, unused_norms
 from dpresearch.privacy.spec import PrivacyConfigError
 
 _OPACUS_EMBEDDING_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
@@ -51,17 +51,20 @@ class GhostEngine(Engine):
             module, batch_first=True, loss_reduction="sum", strict=True, use_ghost_clipping=True
         )
 
-    def run(self, forward: Callable[[], Any]) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
         for p in self.params:
             p._norm_sample = None  # an unused parameter keeps None: zero norm, not last step's
+            p.grad = None
         output = forward()
         losses = example_losses(output)
         losses.sum().backward(retain_graph=True)  # pass 1: per-example norms
         n = len(losses)
         norms = torch.stack(
             [
-                p._norm_sample if p._norm_sample is not None else zero_norms(n, p)
-                for p in self.params
+                p._norm_sample
+                if p._norm_sample is not None
+                else unused_norms(n, p, name, self.name)
+                for p, name in zip(self.params, self.param_names)
             ],
             1,
         )

@@ -21,6 +21,7 @@ from opacus.grad_sample import (
     register_norm_sampler,
 )
 from torch import nn
+from torch.nn import functional as F
 
 from dpresearch.models.layers import ClassToken, PositionEmbedding
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
@@ -60,15 +61,50 @@ def _embedding_norm(layer, activations, backprops: torch.Tensor):
     return _OPACUS_EMBEDDING_NORM(layer, activations, backprops)
 
 
-def zero_norms(n: int, param: nn.Parameter) -> torch.Tensor:
+_OPACUS_LAYER_NORM_GRAD = GradSampleModule.GRAD_SAMPLERS[nn.LayerNorm]
+
+
+@register_grad_sampler(nn.LayerNorm)
+def _layer_norm(layer: nn.LayerNorm, activations, backprops: torch.Tensor):
+    """Opacus 1.6 reads ``layer.bias.requires_grad`` and crashes on LayerNorm(bias=False)."""
+    if layer.bias is not None:
+        return _OPACUS_LAYER_NORM_GRAD(layer, activations, backprops)
+    weight = layer.weight
+    if weight is None or not weight.requires_grad:
+        return {}
+    normalized = F.layer_norm(activations[0], layer.normalized_shape, eps=layer.eps)
+    grads = normalized * backprops
+    dims = tuple(range(1, grads.dim() - weight.dim()))
+    return {weight: grads.sum(dims) if dims else grads}
+
+
+def unused_norms(n: int, param: nn.Parameter, name: str, engine: str) -> torch.Tensor:
+    """Zero norms for a parameter without a per-example record, if autograd agrees it got no
+    gradient; otherwise some use of it went unseen, and reading zero would break clipping."""
+    if param.grad is not None and bool(param.grad.ne(0).any()):
+        raise RuntimeError(
+            f"the {engine} engine recorded no per-example gradient for parameter {name}, though "
+            "it has a gradient: some use of it bypasses its layer's rule (a functional use, a "
+            "tied weight, an input layout the rule does not read); use clipping.engine=vmap"
+        )
     return torch.zeros(n, device=param.device)
 
 
 def opacus_supported(module: nn.Module) -> str | None:
-    """Why Opacus (hooks and ghost engines) cannot handle ``module``; None if it can."""
-    if type(module) in GradSampleModule.GRAD_SAMPLERS:
-        return None
-    return "Opacus has no per-sample gradient rule for it"
+    """Why Opacus (hooks and ghost engines) cannot handle ``module`` exactly; None if it can.
+
+    Beyond a registered rule, Opacus 1.6's rules are wrong (not refused) for: non-zero padding
+    modes (they unfold with zero padding), ``scale_grad_by_freq`` (ignored), EmbeddingBag
+    with a repeated id in a bag, and sequence-first layers (the engines assume batch first)."""
+    if type(module) not in GradSampleModule.GRAD_SAMPLERS:
+        return "Opacus has no per-sample gradient rule for it"
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return f"Opacus' rule assumes zero padding (padding_mode={module.padding_mode!r})"
+    if getattr(module, "scale_grad_by_freq", False):
+        return "Opacus' rule ignores scale_grad_by_freq=True"
+    if isinstance(module, nn.EmbeddingBag):
+        return "Opacus' EmbeddingBag rule is wrong when an id repeats within a bag"
+    return None
 
 
 def quiet_full_backward_hook_warning() -> None:
@@ -85,7 +121,10 @@ class HooksEngine(Engine):
         quiet_full_backward_hook_warning()
         self.gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum", strict=True)
 
-    def run(self, forward: Callable[[], Any]) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+        for p in self.params:
+            p.grad_sample = None
+            p.grad = None
         output = forward()
         example_losses(output).sum().backward()
         n = len(example_losses(output))
@@ -93,8 +132,10 @@ class HooksEngine(Engine):
         grad_samples = [p.grad_sample for p in self.params]
         norms = torch.stack(
             [
-                g.reshape(n, -1).norm(2, dim=1) if g is not None else zero_norms(n, p)
-                for g, p in zip(grad_samples, self.params)
+                g.reshape(n, -1).norm(2, dim=1)
+                if g is not None
+                else unused_norms(n, p, name, self.name)
+                for g, p, name in zip(grad_samples, self.params, self.param_names)
             ],
             1,
         )

@@ -19,6 +19,16 @@ from opacus.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention, SequenceBi
 from torch import nn
 from torch.nn import functional as F
 
+from dpresearch.module import classification_losses
+from dpresearch.privacy.self_check import SelfCheck
+from dpresearch.privacy.spec import (
+    AutomaticClipping,
+    FixedClipping,
+    PerLayerClipping,
+    PrivacyConfigError,
+)
+from dpresearch.privacy.validation import select_engine
+
 CLASSES = 3
 
 
@@ -133,8 +143,9 @@ class Case:
     build: Callable[[], nn.Module]  # the layer (or structure) under test
     inputs: Callable[[int, torch.Generator], torch.Tensor]
     seq_first: bool = False
-    # A case that cannot have a per-example gradient at all (BatchNorm): every engine refuses.
-    mixes_examples: bool = False
+    # A layer no engine may train (BatchNorm mixes examples; Embedding(max_norm) rewrites its
+    # weights from the batch): every engine refuses, naming the layer.
+    never_private: bool = False
 
     def model(self) -> Probe:
         torch.manual_seed(0)
@@ -208,7 +219,12 @@ def _cases() -> list[Case]:
             lambda: nn.Embedding(5, 4, scale_grad_by_freq=True),
             _ids(5, 6),
         ),  # fmt: skip
-        Case("Embedding max_norm", lambda: nn.Embedding(9, 4, max_norm=1.0), _ids(9, 5)),
+        Case(
+            "Embedding max_norm",
+            lambda: nn.Embedding(9, 4, max_norm=1.0),
+            _ids(9, 5),
+            never_private=True,
+        ),  # fmt: skip
         Case("Embedding sparse", lambda: nn.Embedding(9, 4, sparse=True), _ids(9, 5)),
         Case("EmbeddingBag sum", lambda: nn.EmbeddingBag(5, 4, mode="sum"), _ids(5, 6)),
         Case("EmbeddingBag mean", lambda: nn.EmbeddingBag(5, 4, mode="mean"), _ids(5, 6)),
@@ -263,9 +279,34 @@ def _cases() -> list[Case]:
         Case("one Linear called twice", CalledTwice, _floats(3, 5)),
         Case("weight used through F.linear", FunctionalUse, _ids(11, 5)),
         Case("partly frozen", PartlyFrozen, _floats(5)),
-        Case("BatchNorm1d", lambda: nn.BatchNorm1d(4), _floats(4, 5), mixes_examples=True),
+        Case("BatchNorm1d", lambda: nn.BatchNorm1d(4), _floats(4, 5), never_private=True),
     ]
     return cases
 
 
 CASES = _cases()
+
+ENGINES = ("auto", "bk", "hooks", "ghost", "vmap")
+CLIPPING = {
+    "fixed": FixedClipping(max_grad_norm=0.3),
+    "automatic": AutomaticClipping(max_grad_norm=0.3),
+    "per_layer": PerLayerClipping(max_grad_norm=0.3),
+}
+
+
+def cell(case: Case, engine: str, clipping) -> dict:
+    """One cell of the conformance table: "exact" (the engine selection accepts the engine and
+    it then matches the brute force on an unseen batch too), "refused" (with the message), or
+    CRASH / WRONG, which must never happen."""
+    model = case.model()
+    check = SelfCheck(model, classification_losses, case.batch(5, seed=0), clipping).run
+    try:
+        chosen, _ = select_engine(model, engine, clipping.per_layer, check)
+    except PrivacyConfigError as err:
+        return {"outcome": "refused", "ran": "", "detail": str(err)}
+    except Exception as err:  # noqa: BLE001 - a crash is a failed cell
+        return {"outcome": "CRASH", "ran": "", "detail": f"{type(err).__name__}: {err}"}
+    unseen = SelfCheck(model, classification_losses, case.batch(7, seed=1), clipping).run(chosen)
+    if unseen.passed:
+        return {"outcome": "exact", "ran": chosen, "detail": f"{unseen.max_rel_error:.1e}"}
+    return {"outcome": "WRONG", "ran": chosen, "detail": unseen.reason()}

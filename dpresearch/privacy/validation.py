@@ -70,7 +70,7 @@ def select_engine(
     if per_layer and engine == "ghost":
         raise PrivacyConfigError(
             "clipping=per_layer needs one factor per parameter and example; the ghost engine's "
-            "second backward pass applies one per example: use clipping.engine=bk or hooks"
+            "second backward pass applies one per example: use clipping.engine=bk, hooks or vmap"
         )
     results: dict[str, CheckResult] = {}
 
@@ -83,10 +83,12 @@ def select_engine(
         return results[name].passed
 
     if engine == "auto":
+        refusals: dict[str, str] = {}
         for candidate in AUTO_ORDER:
             refusal = _static_refusal(model, candidate)
             if refusal is not None:
                 log.info("clipping.engine=auto: not %s: %s", candidate, refusal)
+                refusals[candidate] = refusal
                 continue
             if check is None or passes(candidate):
                 how = "passed the self-check" if check else "has a rule for every layer"
@@ -95,9 +97,10 @@ def select_engine(
                     log.warning("clipping.engine=auto falls back to the vmap engine: exact "
                                 "on any model, but slower than bk or hooks")  # fmt: skip
                 return candidate, results
+        failures = {**refusals, **{name: r.reason() for name, r in results.items()}}
         raise PrivacyConfigError(
-            "no DP engine computes exact per-example gradients for this model: "
-            + "; ".join(f"{name}: {r.reason()}" for name, r in results.items())
+            "no engine computes exact per-example gradients for this model: "
+            + "; ".join(f"{name}: {why}" for name, why in failures.items())
             + ". Freeze or replace the layers named, or make the model free of layers that "
             "mix the examples of a batch"
         )

@@ -15,38 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from dpresearch.module import classification_losses
-from dpresearch.privacy.self_check import SelfCheck
-from dpresearch.privacy.spec import (
-    AutomaticClipping,
-    FixedClipping,
-    PerLayerClipping,
-    PrivacyConfigError,
-)
-from dpresearch.privacy.validation import select_engine
-from tests.layer_zoo import CASES, Case
-
-ENGINES = ("auto", "bk", "hooks", "ghost", "vmap")
-CLIPPING = {
-    "fixed": FixedClipping(max_grad_norm=0.3),
-    "automatic": AutomaticClipping(max_grad_norm=0.3),
-    "per_layer": PerLayerClipping(max_grad_norm=0.3),
-}
-
-
-def cell(case: Case, engine: str, clipping) -> dict:
-    model = case.model()
-    check = SelfCheck(model, classification_losses, case.batch(5, seed=0), clipping).run
-    try:
-        chosen, _ = select_engine(model, engine, clipping.per_layer, check)
-    except PrivacyConfigError as err:
-        return {"outcome": "refused", "ran": "", "detail": str(err)}
-    except Exception as err:  # noqa: BLE001 - a crash is a failed cell
-        return {"outcome": "CRASH", "ran": "", "detail": f"{type(err).__name__}: {err}"}
-    unseen = SelfCheck(model, classification_losses, case.batch(7, seed=1), clipping).run(chosen)
-    if unseen.passed:
-        return {"outcome": "exact", "ran": chosen, "detail": f"{unseen.max_rel_error:.1e}"}
-    return {"outcome": "WRONG", "ran": chosen, "detail": unseen.reason()}
+from tests.layer_zoo import CASES, CLIPPING, ENGINES, cell
 
 
 def main() -> None:

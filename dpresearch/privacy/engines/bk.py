@@ -20,6 +20,7 @@ from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
 from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample, materialized
+from dpresearch.privacy.spec import PrivacyConfigError
 
 
 def _unused(param: nn.Parameter, n: int) -> PerExample:
@@ -96,6 +97,15 @@ class BookKeepingEngine(Engine):
             found = uses.get(id(p))
             if not found:  # a trainable parameter no layer used: zero for every example
                 out.append(_unused(p, n))
+            elif any(len(r.sq_norms) != n for r in found):
+                names = {id(q): name for name, q in self.module.named_parameters()}
+                raise PrivacyConfigError(
+                    f"parameter {names[id(p)]}: its layer saw a batch of "
+                    f"{len(found[0].sq_norms)} while the loss has {n} examples; its input is "
+                    "shared across the batch (e.g. position ids of shape (1, T), broadcast), so "
+                    "autograd sums the examples' gradients before any rule sees them. Give it "
+                    "one row per example (expand the input) or use clipping.engine=vmap"
+                )
             elif len(found) == 1:
                 out.append(found[0])
             else:

@@ -30,10 +30,18 @@ ENGINE_CHOICES = ("auto", *ENGINES)
 
 def _rule_engines_check(module: nn.Module) -> str | None:
     """What no rule-based engine (hooks, ghost, bk) reads right, whatever the layer type."""
-    if getattr(module, "batch_first", True) is False:
+    if getattr(module, "batch_first", True) is False and type(module).__name__ != "SequenceBias":
         return ("it is sequence-first (batch_first=False) and the engine's rules read the "
                 "batch as the first dimension")  # fmt: skip
     return None
+
+
+def _opacus_layout(module: nn.Module) -> str | None:
+    """Opacus reads SequenceBias batch first (our GradSampleModule is batch_first=True)."""
+    if type(module).__name__ == "SequenceBias" and not module.batch_first:
+        return ("it is sequence-first (batch_first=False) and Opacus' rule, as these engines "
+                "run it, reads the batch as the first dimension")  # fmt: skip
+    return _rule_engines_check(module)
 
 
 def _vmap_supported(module: nn.Module) -> str | None:
@@ -41,8 +49,8 @@ def _vmap_supported(module: nn.Module) -> str | None:
 
 
 _CHECKS: dict[str, Callable[[nn.Module], str | None]] = {
-    "hooks": lambda m: _rule_engines_check(m) or opacus_supported(m),
-    "ghost": lambda m: _rule_engines_check(m) or opacus_supported(m),
+    "hooks": lambda m: _opacus_layout(m) or opacus_supported(m),
+    "ghost": lambda m: _opacus_layout(m) or opacus_supported(m),
     "bk": lambda m: _rule_engines_check(m) or bk_unsupported(m),
     "vmap": _vmap_supported,
 }

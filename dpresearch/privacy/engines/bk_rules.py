@@ -107,21 +107,60 @@ def hf_conv1d(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
 
 
 def _conv_as_2d(m: nn.Conv1d | nn.Conv2d):
-    """(kernel, dilation, padding, stride) as 2-D tuples; Conv1d is a 1 x k Conv2d."""
+    """(kernel, dilation, padding, stride) as 2-D tuples; Conv1d is a 1 x k Conv2d. String
+    padding reads as 0 here (the input was padded explicitly)."""
+    padding = (0,) * len(m.kernel_size) if isinstance(m.padding, str) else m.padding
     if isinstance(m, nn.Conv1d):
-        return (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
-    return m.kernel_size, m.dilation, m.padding, m.stride
+        return (1, *m.kernel_size), (1, *m.dilation), (0, *padding), (1, *m.stride)
+    return m.kernel_size, m.dilation, padding, m.stride
 
 
-def conv(m: nn.Conv1d | nn.Conv2d, a, b, trainable: set[int]) -> list[PerExample]:
+_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight,
+                3: torch.nn.grad.conv3d_weight}  # fmt: skip
+
+
+def _explicitly_padded(m: nn.modules.conv._ConvNd, a: torch.Tensor) -> torch.Tensor:
+    """The input as the convolution reads it: padded by its mode ('same' may pad unevenly;
+    reflect, replicate and circular are not zeros), so the rules below use padding 0."""
+    pad = m._reversed_padding_repeated_twice
+    if not any(pad):
+        return a
+    mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+    return F.pad(a, pad, mode=mode)
+
+
+def _per_example_conv_weight(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: torch.Tensor):
+    """Each example's weight gradient, (N, *weight.shape), by the convolution's own weight-
+    gradient kernel with the batch as groups (any dimension, groups, stride, dilation)."""
+    n, dims = len(x), x.dim() - 2
+    g = m.groups
+    grads = _WEIGHT_GRAD[dims](
+        x.reshape(1, -1, *x.shape[2:]), (n * m.out_channels, *m.weight.shape[1:]),
+        b.reshape(1, -1, *b.shape[2:]), stride=m.stride, padding=0, dilation=m.dilation,
+        groups=n * g,
+    )  # fmt: skip
+    return grads.view(n, *m.weight.shape)
+
+
+def conv(m: nn.modules.conv._ConvNd, a, b, trainable: set[int]) -> list[PerExample]:
+    """Conv1d/2d with groups 1: im2col, then the Linear rule (ghost norm or materialized).
+    Grouped (depthwise) convolutions and Conv3d: per-example gradients materialized by the
+    convolution's weight-gradient kernel. Any padding mode: the input is padded first."""
     n = len(b)
     b3 = b.reshape(n, b.shape[1], -1).mT  # (N, L, O)
     out = []
     if _wants(m.weight, trainable):
-        x = a.unsqueeze(2) if isinstance(m, nn.Conv1d) else a
-        kernel, dilation, padding, stride = _conv_as_2d(m)
-        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        out.append(_matrix(m.weight, cols.mT, b3))  # im2col: (N, L, C*k*k)
+        if m.groups == 1 and isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            plain = m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            x = a if plain else _explicitly_padded(m, a)
+            x = x.unsqueeze(2) if isinstance(m, nn.Conv1d) else x
+            kernel, dilation, padding, stride = _conv_as_2d(m)
+            padding = padding if plain else (0, 0)
+            cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+            out.append(_matrix(m.weight, cols.mT, b3))  # im2col: (N, L, C*k*k)
+        else:
+            out.append(materialized(m.weight, _per_example_conv_weight(
+                m, _explicitly_padded(m, a), b)))  # fmt: skip
     if _wants(m.bias, trainable):
         out.append(_bias(m.bias, b3))
     return out
@@ -136,6 +175,8 @@ def embedding(m: nn.Embedding, ids, b, trainable: set[int]) -> list[PerExample]:
     if m.padding_idx is not None:  # the padding row never receives a gradient
         b = b * (ids != m.padding_idx).unsqueeze(-1).to(b.dtype)
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
+    if m.scale_grad_by_freq:  # each row's gradient over its count in the (one-example) batch
+        b = b / same.sum(2, keepdim=True)
     sq = (same * (b @ b.mT)).sum((1, 2))  # rows of equal tokens add up before the norm
 
     def weighted(c: torch.Tensor) -> torch.Tensor:
@@ -180,13 +221,65 @@ def class_token(m: ClassToken, a, b, trainable: set[int]) -> list[PerExample]:
     return [materialized(m.weight, b[:, :1])] if _wants(m.weight, trainable) else []
 
 
+def embedding_bag(m: nn.EmbeddingBag, ids, b, trainable: set[int]) -> list[PerExample]:
+    """EmbeddingBag on (N, L) ids (one bag per example), mode sum or mean: every id of bag i
+    gets b_i (over L for mean), so repeated ids add up before the norm."""
+    if not _wants(m.weight, trainable):
+        return []
+    n, d = len(b), b.shape[-1]
+    keep = torch.ones_like(ids, dtype=b.dtype)
+    if m.padding_idx is not None:  # padding ids are left out of the bag (and of its mean)
+        keep = (ids != m.padding_idx).to(b.dtype)
+    scale = keep / keep.sum(1, keepdim=True).clamp(min=1) if m.mode == "mean" else keep
+    rows = scale.unsqueeze(-1) * b.unsqueeze(1)  # (N, L, D): what each position adds
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
+    sq = (same * (rows @ rows.mT)).sum((1, 2))
+
+    def weighted(c: torch.Tensor) -> torch.Tensor:
+        scaled = (rows * c[:, None, None].to(b.dtype)).reshape(-1, d)
+        return torch.zeros_like(m.weight).index_add_(0, ids.reshape(-1), scaled)
+
+    def per_example() -> torch.Tensor:
+        flat_ids = ids + m.num_embeddings * torch.arange(n, device=ids.device).unsqueeze(1)
+        flat = torch.zeros(n * m.num_embeddings, d, dtype=b.dtype, device=b.device)
+        return flat.index_add_(0, flat_ids.reshape(-1), rows.reshape(-1, d)).view(n, -1, d)
+
+    return [PerExample(m.weight, sq, weighted, "ghost", per_example)]
+
+
+def instance_norm(m: nn.modules.instancenorm._InstanceNorm, a, b, trainable: set[int]):
+    normalized = F.instance_norm(a, eps=m.eps) if _wants(m.weight, trainable) else None
+    return _affine(m, normalized, b, lambda t: t.reshape(len(t), m.num_features, -1).sum(-1),
+                   trainable)  # fmt: skip
+
+
+def rms_norm(m: nn.RMSNorm, a, b, trainable: set[int]) -> list[PerExample]:
+    shape = tuple(m.normalized_shape)
+    normalized = F.rms_norm(a, shape, eps=m.eps) if _wants(m.weight, trainable) else None
+    return _affine(m, normalized, b, lambda t: t.reshape(len(t), -1, *shape).sum(1), trainable)
+
+
+def sequence_bias(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
+    """Opacus' SequenceBias appends the bias as one more position: its per-example gradient
+    is the output gradient there (the last position, in either layout)."""
+    if not _wants(m.bias, trainable):
+        return []
+    return [materialized(m.bias, b[:, -1] if m.batch_first else b[-1])]
+
+
 RULES: dict[type, Callable[..., list[PerExample]]] = {
     nn.Linear: linear,
     nn.Conv1d: conv,
     nn.Conv2d: conv,
+    nn.Conv3d: conv,
     nn.Embedding: embedding,
+    nn.EmbeddingBag: embedding_bag,
     nn.LayerNorm: layer_norm,
     nn.GroupNorm: group_norm,
+    nn.InstanceNorm1d: instance_norm,
+    nn.InstanceNorm2d: instance_norm,
+    nn.InstanceNorm3d: instance_norm,
+    nn.RMSNorm: rms_norm,
     PositionEmbedding: position_embedding,
     ClassToken: class_token,
 }
@@ -204,6 +297,15 @@ def hf_vit_embeddings(m: nn.Module, a, b, trainable: set[int]) -> list[PerExampl
     return out
 
 
+try:  # Opacus' DP layers: DPLSTM/DPGRU/DPRNN cells are RNNLinear, called once per time step
+    from opacus.layers.dp_multihead_attention import SequenceBias as _SequenceBias
+    from opacus.layers.dp_rnn import RNNLinear as _RNNLinear
+
+    RULES[_RNNLinear] = linear
+    RULES[_SequenceBias] = sequence_bias
+except ImportError:  # pragma: no cover
+    _SequenceBias = None
+
 try:  # Hugging Face layers, when transformers is installed
     from transformers.models.vit.modeling_vit import ViTEmbeddings as _HFViTEmbeddings
     from transformers.pytorch_utils import Conv1D as _HFConv1D
@@ -214,22 +316,16 @@ except ImportError:  # pragma: no cover
     _HFViTEmbeddings = None
 
 # Layers whose rule reads only the output gradient, never the input.
-OUTPUT_ONLY = (PositionEmbedding, ClassToken)
+OUTPUT_ONLY = (PositionEmbedding, ClassToken) + ((_SequenceBias,) if _SequenceBias else ())
 
 
 def unsupported_reason(m: nn.Module) -> str | None:
     """Why the bk engine cannot handle ``m``; None if it can."""
     if type(m) not in RULES:
         return "the bk engine has no rule for this layer type"
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        if m.groups != 1:
-            return f"bk handles convolutions with groups=1 only (groups={m.groups})"
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            return "bk handles numeric zero padding only (padding_mode='zeros', int padding)"
     if _HFViTEmbeddings is not None and isinstance(m, _HFViTEmbeddings):
         if getattr(m, "mask_token", None) is not None or m.dropout.p > 0:
             return "bk handles ViTEmbeddings without mask token and with dropout 0 only"
-    if isinstance(m, nn.Embedding) and (m.max_norm is not None or m.sparse or
-                                        m.scale_grad_by_freq):  # fmt: skip
-        return "bk handles plain embeddings only (no max_norm, sparse or scale_grad_by_freq)"
+    if isinstance(m, nn.EmbeddingBag) and (m.mode != "sum" and m.mode != "mean"):
+        return f"bk handles EmbeddingBag in mode sum or mean (mode={m.mode!r})"
     return None

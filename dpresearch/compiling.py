@@ -23,7 +23,8 @@ def compile_model(model: nn.Module, engine: str | None, sampler: str) -> nn.Modu
     if engine not in (None, "bk"):
         raise ValueError(
             f"trainer.compile=true works with clipping.engine=bk or privacy=none, not with "
-            f"the {engine!r} engine (Opacus hooks break compiled graphs); set "
+            f"the {engine!r} engine (Opacus' hooks and torch.func's vmap are not compiled "
+            "here); set "
             "clipping.engine=bk or trainer.compile=false"
         )
     if sampler not in STATIC_SAMPLERS:

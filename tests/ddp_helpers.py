@@ -42,14 +42,16 @@ class FailingNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-class GroupedConvNet(nn.Module):
-    """A grouped convolution, which the bk engine has no rule for (hooks has)."""
+class FunctionalReuseNet(nn.Module):
+    """A head whose weight is used a second time through ``F.linear``: no layer rule sees that
+    use, so bk's and Opacus' per-example gradients are wrong; vmap is exact."""
 
     def __init__(self, num_classes: int, in_channels: int, **_: object):
         super().__init__()
-        self.widen = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.head = nn.Linear(4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.grouped(self.widen(x)).mean((2, 3)))
+        h = self.conv(x).mean((2, 3))
+        h = h + torch.tanh(nn.functional.linear(self.head(h), self.head.weight.T))
+        return self.head(h)

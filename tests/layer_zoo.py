@@ -279,6 +279,12 @@ def _cases() -> list[Case]:
         Case("one Linear called twice", CalledTwice, _floats(3, 5)),
         Case("weight used through F.linear", FunctionalUse, _ids(11, 5)),
         Case("partly frozen", PartlyFrozen, _floats(5)),
+        Case(
+            "InstanceNorm2d track_running_stats",
+            lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
+            _floats(4, 3, 3),
+            never_private=True,
+        ),  # fmt: skip
         Case("BatchNorm1d", lambda: nn.BatchNorm1d(4), _floats(4, 5), never_private=True),
     ]
     return cases

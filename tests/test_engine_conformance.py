@@ -33,7 +33,7 @@ def test_cell_is_exact_or_refused_clearly(case, clip: str, engine: str) -> None:
         return
     message = result["detail"]
     if case.never_private:
-        assert re.search(r"GroupNorm|max_norm=None", message), message
+        assert re.search(r"GroupNorm|max_norm=None|track_running_stats=False", message), message
         return
     if clip == "per_layer" and engine == "ghost":  # a clipping mode ghost cannot run
         assert "per_layer" in message and "clipping.engine=bk" in message

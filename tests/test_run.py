@@ -86,6 +86,26 @@ def test_clipping_and_engine_choices_train(compose_cfg, tmp_path, caplog, overri
         assert "clipping.engine=auto -> bk" in caplog.text
 
 
+def test_self_check_is_in_the_summary_and_statement_and_off_is_recorded(compose_cfg, tmp_path):
+    saved = run(compose_cfg(FAST + ["trainer.max_epochs=1"]), tmp_path / "on")
+    check = saved["self_check"]
+    assert check["enabled"] and check["passed"] and check["engine"] == "bk"
+    assert check["max_rel_error"] < 1e-9 and check["dtype"] == "float64" and check["seconds"] > 0
+    statement = saved["privacy_statement"]["mechanism"]["per_example_gradients"]
+    assert "matched a brute-force loop" in statement
+    saved = run(compose_cfg(FAST + ["trainer.max_epochs=1", "clipping.self_check=false"]),
+                tmp_path / "off")  # fmt: skip
+    assert saved["self_check"] == {"enabled": False, "passed": None}
+    assert "NOT checked" in saved["privacy_statement"]["mechanism"]["per_example_gradients"]
+    assert "NOT checked" in (tmp_path / "off" / "privacy_statement.md").read_text()
+
+
+def test_vmap_engine_trains_end_to_end(compose_cfg, tmp_path) -> None:
+    saved = run(compose_cfg(FAST + ["trainer.max_epochs=1", "clipping.engine=vmap"]), tmp_path)
+    assert saved["status"] == "completed" and saved["engine"] == "vmap"
+    assert saved["self_check"]["passed"] and 0 < saved["epsilon"] <= 3.0
+
+
 def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
     from tests.conftest import dp_strategy, fit_batches
     from tests.test_clipping import mixed_model
@@ -119,8 +139,9 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
         (["optimizer.lr=nan"], "optimizer.lr"),
         (["privacy.noise_multiplier=nan", "privacy.target_epsilon=null"], "noise_multiplier"),
         (
-            ["model._target_=tests.ddp_helpers.GroupedConvNet", "clipping.engine=bk"],
-            r"grouped \(Conv2d\).*groups=2.*hooks",
+            ["model._target_=tests.ddp_helpers.FunctionalReuseNet", "clipping.engine=bk"],
+            r"'bk' engine's per-example gradients are wrong.*head\.weight.*pass the same check: "
+            r"vmap; set clipping.engine=vmap",
         ),
         (["finetune=lora", "finetune.target_modules=[nonexistent]"], "target_modules"),
         (["dataset=cifar10", "dataset.data_dir=/nonexistent/data"], "dataset.download=true"),

@@ -21,7 +21,9 @@ from torch.nn import functional as F
 
 from dpresearch.benchmark.memory import step_peak_mb
 from dpresearch.finetune.scopes import Scope
+from dpresearch.module import classification_losses
 from dpresearch.privacy.engines import ENGINES, make_engine
+from dpresearch.privacy.self_check import LossModule
 from dpresearch.privacy.noise import add_noise
 from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
@@ -77,7 +79,9 @@ class Method:
         engine = parse_method(name)
         if engine is not None:
             resolve_engine(self.model, engine, per_layer)  # refuses what it cannot run, clearly
-        self.engine = make_engine(engine, self.model, factors, per_layer) if engine else None
+        # The engines see the model with its per-example loss (vmap differentiates that).
+        wrapped = LossModule(self.model, classification_losses)
+        self.engine = make_engine(engine, wrapped, factors, per_layer) if engine else None
         self.physical = physical
         self.noise_std = noise_std
         self.expected = expected_batch_size
@@ -94,7 +98,7 @@ class Method:
                 (self._losses(xs, ys)["example_losses"].sum() / len(y)).backward()
         else:
             for xs, ys in chunks:
-                self.engine.run(lambda xs=xs, ys=ys: self._losses(xs, ys))
+                self.engine.run(lambda xs=xs, ys=ys: self._losses(xs, ys), (xs, ys))
             for p, s in zip(self.engine.params, self.engine.take_sums()):
                 p.grad = add_noise(s, self.noise_std, self.generator) / self.expected
         self.optimizer.step()

@@ -171,6 +171,7 @@ def privacy_statement(facts: RunFacts) -> dict:
             "name": "DP-SGD: per-example clipping, Gaussian noise once per step",
             "clipping": s.get("clipping"),
             "engine": s.get("engine"),
+            "per_example_gradients": per_example_gradients(s.get("self_check")),
             "max_grad_norm": s.get("max_grad_norm"),
             "noise_multiplier": s.get("noise_multiplier"),
             "noise_std": "noise_multiplier * max_grad_norm, on the sum of clipped gradients",
@@ -214,6 +215,18 @@ def privacy_statement(facts: RunFacts) -> dict:
         },
     )
     return statement
+
+
+def per_example_gradients(check: dict | None) -> str:
+    """What the clipping bound rests on: the engine's self-check on this model, or nothing."""
+    if not check or check.get("enabled") is False:
+        return (
+            "NOT checked on this model (clipping.self_check=false): the clipping "
+            "bound, and so the guarantee, rest on the engine's rules for every layer"
+        )
+    return (f"the {check.get('engine')} engine matched a brute-force loop over single examples "
+            f"on {check.get('examples')} synthetic examples before training (largest relative "
+            f"error {check.get('max_rel_error'):.1e}, {check.get('dtype')})")  # fmt: skip
 
 
 def guarantee(epsilon: float | str | None, delta: float | None, poisson: bool) -> str:

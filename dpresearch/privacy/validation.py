@@ -20,7 +20,7 @@ AUTO_ORDER = ("bk", "hooks", "vmap")  # fastest first; ghost is never chosen for
 Check = Callable[[str], CheckResult]
 
 
-def _refuse_batch_norm(model: nn.Module) -> None:
+def _refuse_never_private(model: nn.Module) -> None:
     """Layers no engine may train: they mix the examples of a batch, or change their own
     weights from the batch outside the mechanism."""
     for path, module in model.named_modules():
@@ -29,6 +29,13 @@ def _refuse_batch_norm(model: nn.Module) -> None:
                 f"{path or 'model'} is {type(module).__name__}, which mixes the examples of a "
                 "batch, so no per-example gradient (and no DP guarantee) exists; use GroupNorm "
                 "instead: model.norm=group"
+            )
+        if (isinstance(module, nn.modules.instancenorm._InstanceNorm)
+                and module.track_running_stats):  # fmt: skip
+            raise PrivacyConfigError(
+                f"{path or 'model'} is {type(module).__name__}(track_running_stats=True): its "
+                "running statistics are averages of the private batches, updated and saved "
+                "outside the DP mechanism; set track_running_stats=False"
             )
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.max_norm is not None:
             raise PrivacyConfigError(
@@ -66,7 +73,7 @@ def select_engine(
     ``check``, pass the self-check; otherwise the refusal names what failed and the engines
     that pass. ``auto`` takes the first of bk, hooks, vmap that does both; without ``check``
     (clipping.self_check=false) it goes by the static rules alone."""
-    _refuse_batch_norm(model)
+    _refuse_never_private(model)
     if per_layer and engine == "ghost":
         raise PrivacyConfigError(
             "clipping=per_layer needs one factor per parameter and example; the ghost engine's "

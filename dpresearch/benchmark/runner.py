@@ -23,8 +23,8 @@ from dpresearch.benchmark.memory import step_peak_mb
 from dpresearch.finetune.scopes import Scope
 from dpresearch.module import classification_losses
 from dpresearch.privacy.engines import ENGINES, make_engine
-from dpresearch.privacy.self_check import LossModule
 from dpresearch.privacy.noise import add_noise
+from dpresearch.privacy.self_check import LossModule
 from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,13 +17,14 @@ FIELDS = ["workload", "method", "examples_per_s", "ms_per_step", "peak_memory_mb
           "ratio_to_nonprivate", "memory_ratio_to_nonprivate", "device"]  # fmt: skip
 
 
-def main(paths: list[str]) -> None:
+def main(paths: list[str], csv_path: Path = HERE / "results.csv",
+         figure: Path = HERE / "engines.png") -> None:  # fmt: skip
     rows = []
     for path in paths:
         record = json.loads(Path(path).read_text())
         for r in record["rows"]:
             rows.append({"workload": Path(path).stem, **r, "device": record["device"]})
-    with open(HERE / "results.csv", "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
@@ -53,9 +54,14 @@ def main(paths: list[str]) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=9)
     fig.suptitle(f"DP engines vs non-private, one process per workload ({rows[0]['device']})")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(HERE / "engines.png", dpi=120)
-    print(f"wrote {HERE / 'results.csv'} and {HERE / 'engines.png'}")
+    fig.savefig(figure, dpi=120)
+    print(f"wrote {csv_path} and {figure}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--csv", type=Path, default=HERE / "results.csv")
+    parser.add_argument("--figure", type=Path, default=HERE / "engines.png")
+    args = parser.parse_args()
+    main(args.paths, args.csv, args.figure)

@@ -177,18 +177,26 @@ def embedding(m: nn.Embedding, ids, b, trainable: set[int]) -> list[PerExample]:
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
     if m.scale_grad_by_freq:  # each row's gradient over its count in the (one-example) batch
         b = b / same.sum(2, keepdim=True)
-    sq = (same * (b @ b.mT)).sum((1, 2))  # rows of equal tokens add up before the norm
+    return [_rows_by_id(m.weight, ids, b, same)]
+
+
+def _rows_by_id(weight: nn.Parameter, ids: torch.Tensor, rows: torch.Tensor,
+                same: torch.Tensor) -> PerExample:  # fmt: skip
+    """A lookup table's per-example gradients: position l of example i adds rows[i, l] to row
+    ids[i, l]; ``same`` (N, L, L) marks equal ids, whose rows add up before the norm."""
+    n, d = rows.shape[0], rows.shape[-1]
+    sq = (same * (rows @ rows.mT)).sum((1, 2))
 
     def weighted(c: torch.Tensor) -> torch.Tensor:
-        rows = (b * c[:, None, None].to(b.dtype)).reshape(-1, d)
-        return torch.zeros_like(m.weight).index_add_(0, ids.reshape(-1), rows)
+        scaled = (rows * c[:, None, None].to(rows.dtype)).reshape(-1, d)
+        return torch.zeros_like(weight).index_add_(0, ids.reshape(-1), scaled)
 
     def per_example() -> torch.Tensor:
-        rows = ids + m.num_embeddings * torch.arange(n, device=ids.device).unsqueeze(1)
-        flat = torch.zeros(n * m.num_embeddings, d, dtype=b.dtype, device=b.device)
-        return flat.index_add_(0, rows.reshape(-1), b.reshape(-1, d)).view(n, -1, d)
+        flat_ids = ids + len(weight) * torch.arange(n, device=ids.device).unsqueeze(1)
+        flat = torch.zeros(n * len(weight), d, dtype=rows.dtype, device=rows.device)
+        return flat.index_add_(0, flat_ids.reshape(-1), rows.reshape(-1, d)).view(n, -1, d)
 
-    return [PerExample(m.weight, sq, weighted, "ghost", per_example)]
+    return PerExample(weight, sq, weighted, "ghost", per_example)
 
 
 def _affine(m: nn.Module, normalized: torch.Tensor | None, b, channel_view, trainable):
@@ -226,25 +234,13 @@ def embedding_bag(m: nn.EmbeddingBag, ids, b, trainable: set[int]) -> list[PerEx
     gets b_i (over L for mean), so repeated ids add up before the norm."""
     if not _wants(m.weight, trainable):
         return []
-    n, d = len(b), b.shape[-1]
     keep = torch.ones_like(ids, dtype=b.dtype)
     if m.padding_idx is not None:  # padding ids are left out of the bag (and of its mean)
         keep = (ids != m.padding_idx).to(b.dtype)
     scale = keep / keep.sum(1, keepdim=True).clamp(min=1) if m.mode == "mean" else keep
     rows = scale.unsqueeze(-1) * b.unsqueeze(1)  # (N, L, D): what each position adds
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
-    sq = (same * (rows @ rows.mT)).sum((1, 2))
-
-    def weighted(c: torch.Tensor) -> torch.Tensor:
-        scaled = (rows * c[:, None, None].to(b.dtype)).reshape(-1, d)
-        return torch.zeros_like(m.weight).index_add_(0, ids.reshape(-1), scaled)
-
-    def per_example() -> torch.Tensor:
-        flat_ids = ids + m.num_embeddings * torch.arange(n, device=ids.device).unsqueeze(1)
-        flat = torch.zeros(n * m.num_embeddings, d, dtype=b.dtype, device=b.device)
-        return flat.index_add_(0, flat_ids.reshape(-1), rows.reshape(-1, d)).view(n, -1, d)
-
-    return [PerExample(m.weight, sq, weighted, "ghost", per_example)]
+    return [_rows_by_id(m.weight, ids, rows, same)]
 
 
 def instance_norm(m: nn.modules.instancenorm._InstanceNorm, a, b, trainable: set[int]):

@@ -24,7 +24,6 @@ class ClassificationModule(pl.LightningModule):
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable | None = None,
         train_metrics: str | None = "train",
     ):
         """``train_metrics``: the name prefix of the metrics of training batches (loss,
@@ -34,7 +33,6 @@ class ClassificationModule(pl.LightningModule):
         self.train_metrics = train_metrics
         self.model = model
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -73,7 +71,4 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return self.optimizer_factory(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpresearch.checkpointing import LAST, RandomState, checkpoint_callback, resume_path
@@ -127,7 +128,47 @@ def build_model(node: DictConfig, datamodule, scope) -> torch.nn.Module:
     """The model for the data, under its fine-tuning scope, in train mode: pretrained
     Hugging Face models come in eval mode, and Lightning does not change the mode it gets
     (dropout would be off, and per-example hooks see no activations)."""
+    check_model_fits_data(node, datamodule)
     return scope.apply(build(node, **datamodule.model_kwargs())).train()
+
+
+def _takes(target: str, given: dict, set_in_config) -> bool:
+    """Whether the class ``target`` accepts the data's keyword arguments and needs no other."""
+    try:
+        params = inspect.signature(get_object(target)).parameters
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return True  # cannot tell: let instantiation speak
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return True
+    required = {n for n, p in params.items() if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}  # fmt: skip
+    return set(given) <= set(params) and required <= set(given) | set(set_in_config)
+
+
+def check_model_fits_data(node: DictConfig, datamodule) -> None:
+    """A model that cannot take the dataset's input (a text model on images, a CNN on token
+    ids) is refused in one line naming the datasets that fit, not with a TypeError."""
+    given = datamodule.model_kwargs()
+    target = node.get("_target_", "")
+    if _takes(target, given, node.keys()):
+        return
+    fitting = []
+    for yaml in sorted((Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml")):
+        try:
+            cls = get_object(OmegaConf.load(yaml)["_target_"])
+            # Array datasets declare their shape on the class (model gets in_channels); text
+            # datasets learn theirs from the tokenizer (model gets num_classes only).
+            images = isinstance(getattr(cls, "input_shape", None), tuple)
+            kwargs = {"num_classes": 2, "in_channels": 1} if images else {"num_classes": 2}
+        except Exception:  # noqa: BLE001 - a dataset whose kind cannot be read is left out
+            continue
+        if _takes(target, kwargs, node.keys()):
+            fitting.append(yaml.stem)
+    raise ValueError(
+        f"model {target.rsplit('.', 1)[-1]} cannot take dataset {datamodule.name}'s input (the "
+        f"dataset gives {sorted(given)}); datasets that fit this model: "
+        f"{', '.join(fitting) or 'none found'} (dataset=...)"
+    )
 
 
 def resolve_device(accelerator: str) -> torch.device:

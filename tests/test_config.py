@@ -19,7 +19,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def test_required_groups_and_experiments_exist() -> None:
     for group in GROUPS + ["experiment"]:
         assert (CONF / group).is_dir(), group
-    assert {"fixed", "automatic", "ghost"} <= {o for g, o in OPTIONS if g == "clipping"}
+    assert {"fixed", "automatic", "per_layer"} <= {o for g, o in OPTIONS if g == "clipping"}
     assert {"full"} <= {o for g, o in OPTIONS if g == "finetune"}
     assert {"poisson", "poisson_masked", "shuffle"} <= {o for g, o in OPTIONS if g == "sampler"}
     assert {"digits_dp", "digits_nonprivate", "mnist1d_dp", "cifar10_wrn_dp",

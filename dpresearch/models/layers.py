@@ -1,9 +1,14 @@
-"""Building blocks shared by the models: the normalization choice and ViT's free parameters."""
+"""Building blocks shared by the models: the normalization choice and ViT's free parameters,
+with the DP engines' per-example gradient rules for them (registered here, beside the layers:
+the privacy package knows no model)."""
 
 from __future__ import annotations
 
 import torch
+from opacus.grad_sample import register_grad_sampler
 from torch import nn
+
+from dpresearch.privacy.engines.bk_rules import materialized, register_bk_rule
 
 NORMS = ("group", "batch", "none")
 
@@ -40,3 +45,25 @@ class ClassToken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.weight.expand(len(x), -1, -1), x], dim=1)
+
+
+# Per-example gradients: an additive position embedding's is the output gradient; a prepended
+# class token's is the output gradient at position 0. Opacus (hooks, ghost) and bk alike.
+@register_grad_sampler(PositionEmbedding)
+def _position_embedding_grad(layer, activations, backprops: torch.Tensor) -> dict:
+    return {layer.weight: backprops.unsqueeze(1)}
+
+
+@register_grad_sampler(ClassToken)
+def _class_token_grad(layer, activations, backprops: torch.Tensor) -> dict:
+    return {layer.weight: backprops[:, :1].unsqueeze(1)}
+
+
+@register_bk_rule(PositionEmbedding, reads_input=False)
+def _position_embedding_bk(m: PositionEmbedding, a, b, trainable: set[int]) -> list:
+    return [materialized(m.weight, b)] if id(m.weight) in trainable else []
+
+
+@register_bk_rule(ClassToken, reads_input=False)
+def _class_token_bk(m: ClassToken, a, b, trainable: set[int]) -> list:
+    return [materialized(m.weight, b[:, :1])] if id(m.weight) in trainable else []

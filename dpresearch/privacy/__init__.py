@@ -12,7 +12,13 @@ from dpresearch.privacy.accounting import (
 )
 from dpresearch.privacy.callback import PrivacyMetrics, PrivacyState
 from dpresearch.privacy.plan import PrivacyPlan, build_strategy, make_plan
-from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy, PrivacyConfigError
+from dpresearch.privacy.spec import (
+    Clipping,
+    DPSpec,
+    FixedClipping,
+    NoPrivacy,
+    PrivacyConfigError,
+)
 from dpresearch.privacy.strategy import DPSGD, DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "DPSpec",
     "DPStrategy",
     "EpsilonResult",
+    "Clipping",
     "FixedClipping",
     "NoPrivacy",
     "PhysicalBatchStrategy",

@@ -11,7 +11,7 @@ from torch import nn
 
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
-from dpresearch.privacy.spec import DPSpec, FixedClipping, NoPrivacy
+from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import Check, select_engine
 from dpresearch.trainer_settings import run_length
@@ -46,7 +46,7 @@ class PrivacyPlan:
 
 def make_plan(
     privacy: DPSpec | NoPrivacy,
-    clipping: FixedClipping,
+    clipping: Clipping,
     sampling: Sampling,
     num_train: int,
     trainer: DictConfig,
@@ -110,7 +110,7 @@ def self_check_record(engine: str, results: dict, enabled: bool) -> dict:
 def build_strategy(
     plan: PrivacyPlan,
     privacy: DPSpec | NoPrivacy,
-    clipping: FixedClipping,
+    clipping: Clipping,
     sampling: Sampling,
     model: nn.Module,
     device: torch.device,

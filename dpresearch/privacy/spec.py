@@ -101,8 +101,9 @@ class NoPrivacy:
 
 
 @dataclass
-class FixedClipping:
-    """Flat clipping: each example's gradient is scaled by min(1, C / ||g_i||)."""
+class Clipping:
+    """What every clipping function shares: the bound C on each example's contribution, the
+    engine that computes the clipped sum, and its self-check. Subclasses give ``factors``."""
 
     max_grad_norm: float = 1.0
     engine: str = "auto"  # the fastest of bk, hooks, vmap that passes the self-check
@@ -110,12 +111,13 @@ class FixedClipping:
     # single examples (dpresearch.privacy.self_check); false skips it, and the records say so.
     self_check: bool = True
 
-    name = "fixed"
+    name = "clipping"
     per_layer = False  # factors from each example's total norm, one per example
 
     def factors(self, norms: torch.Tensor) -> torch.Tensor:
-        """Per-example scale factors from per-example gradient norms."""
-        return (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        """Per-example scale factors from per-example gradient norms (each example's
+        contribution must have norm at most C: the noise is calibrated to it)."""
+        raise NotImplementedError
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_grad_norm, (int, float)) or not (
@@ -136,7 +138,17 @@ class FixedClipping:
 
 
 @dataclass
-class AutomaticClipping(FixedClipping):
+class FixedClipping(Clipping):
+    """Flat clipping: each example's gradient is scaled by min(1, C / ||g_i||)."""
+
+    name = "fixed"
+
+    def factors(self, norms: torch.Tensor) -> torch.Tensor:
+        return (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
+@dataclass
+class AutomaticClipping(Clipping):
     """Automatic clipping, AUTO-S (Bu et al. 2023): g_i * C / (||g_i|| + gamma).
 
     Every example's contribution has norm below C, so the noise is still sigma*C; C only
@@ -157,7 +169,7 @@ class AutomaticClipping(FixedClipping):
 
 
 @dataclass
-class PerLayerClipping(FixedClipping):
+class PerLayerClipping(Clipping):
     """Per-layer flat clipping: each trainable parameter tensor p of each example is clipped
     to C / sqrt(P) on its own (P tensors), so the example's whole gradient still has norm at
     most C and the noise stays sigma*C. Layers with small gradients keep them unscaled."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from dpresearch.privacy.engines import engines_supporting, unsupported_layers
+from dpresearch.privacy.engines.ghost import PER_LAYER_REFUSAL
 from dpresearch.privacy.self_check import CheckResult
 from dpresearch.privacy.spec import PrivacyConfigError
 
@@ -75,10 +76,7 @@ def select_engine(
     (clipping.self_check=false) it goes by the static rules alone."""
     _refuse_never_private(model)
     if per_layer and engine == "ghost":
-        raise PrivacyConfigError(
-            "clipping=per_layer needs one factor per parameter and example; the ghost engine's "
-            "second backward pass applies one per example: use clipping.engine=bk, hooks or vmap"
-        )
+        raise PrivacyConfigError(PER_LAYER_REFUSAL)
     results: dict[str, CheckResult] = {}
 
     def passes(name: str) -> bool:

@@ -18,6 +18,7 @@ from dpresearch.privacy.engines.bk_rules import unsupported_reason as bk_unsuppo
 from dpresearch.privacy.engines.ghost import GhostEngine
 from dpresearch.privacy.engines.hooks import HooksEngine, opacus_supported
 from dpresearch.privacy.engines.vmap import VmapEngine
+from dpresearch.privacy.spec import ENGINE_CHOICES
 
 ENGINES: dict[str, type[Engine]] = {
     "hooks": HooksEngine,
@@ -25,7 +26,8 @@ ENGINES: dict[str, type[Engine]] = {
     "bk": BookKeepingEngine,
     "vmap": VmapEngine,
 }
-ENGINE_CHOICES = ("auto", *ENGINES)
+if set(ENGINE_CHOICES) != {"auto", *ENGINES}:  # the config's choices are the engines
+    raise ImportError(f"spec.ENGINE_CHOICES {ENGINE_CHOICES} != auto + {list(ENGINES)}")
 
 
 def _rule_engines_check(module: nn.Module) -> str | None:

@@ -31,6 +31,14 @@ def example_losses(output: Any) -> torch.Tensor:
     )
 
 
+def without_padding(layer: nn.Module, ids: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """An embedding's output gradient with its ``padding_idx`` positions zeroed: autograd never
+    updates the padding row, so no per-example gradient (or norm) may count it."""
+    if getattr(layer, "padding_idx", None) is None:
+        return backprops
+    return backprops * (ids != layer.padding_idx).unsqueeze(-1).to(backprops.dtype)
+
+
 class Engine:
     """Accumulates sum_i factor_i * g_i over the physical batches of one logical batch."""
 
@@ -44,8 +52,7 @@ class Engine:
         names = {id(p): n for n, p in module.named_parameters()}
         self.param_names = [names[id(p)] for p in self.params]
         self._sums: list[torch.Tensor] | None = None
-        self.last_norms: torch.Tensor | None = None  # per-example norms, last physical batch
-        self.last_param_norms: torch.Tensor | None = None  # (N, P): per example and parameter
+        self.last_param_norms: torch.Tensor | None = None  # (N, P), last physical batch
 
     def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
         """Forward one physical batch (``forward`` returns training_step's output on ``batch``),
@@ -57,11 +64,10 @@ class Engine:
         """(N, P) per-example, per-parameter norms -> (N, P) factors: from each example's
         total norm (one factor per example), or per parameter under per-layer clipping."""
         norms = norms.detach()
-        self.last_param_norms = norms
-        self.last_norms = norms.norm(2, dim=1)
+        self.last_param_norms = norms  # read by the self-check
         if self.per_layer:
             return self.factors(norms)
-        return self.factors(self.last_norms).unsqueeze(1).expand_as(norms)
+        return self.factors(norms.norm(2, dim=1)).unsqueeze(1).expand_as(norms)
 
     def _add(self, grads: list[torch.Tensor]) -> None:
         if self._sums is None:

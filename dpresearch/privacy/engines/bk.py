@@ -69,9 +69,7 @@ class BookKeepingEngine(Engine):
             return None
         weight = getattr(module, "weight", None)
         keep = (
-            weight is not None
-            and id(weight) in self._trainable
-            and not isinstance(module, OUTPUT_ONLY)
+            weight is not None and id(weight) in self._trainable and type(module) not in OUTPUT_ONLY
         )
         # Each call keeps its own input: a layer called twice (shared weights, a recurrent
         # cell) gives one record per call, summed per example in ``_combined``.

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dpresearch.models.layers import ClassToken, PositionEmbedding
+from dpresearch.privacy.engines.base import without_padding
 
 
 @dataclass
@@ -30,6 +31,25 @@ class PerExample:
     weighted_sum: Callable[[torch.Tensor], torch.Tensor]  # c (N,) -> sum_i c_i g_i
     mode: str  # "ghost" or "materialized"
     per_example: Callable[[], torch.Tensor]  # () -> (N, *param.shape), to add up shared uses
+
+
+Rule = Callable[..., list[PerExample]]  # (module, input A, output gradient B, trainable ids)
+RULES: dict[type, Rule] = {}
+OUTPUT_ONLY: set[type] = set()  # layers whose rule reads only B: their input is not kept
+
+
+def register_bk_rule(*layer_types: type, reads_input: bool = True) -> Callable[[Rule], Rule]:
+    """Register ``rule`` for exactly these layer types (as Opacus' ``register_grad_sampler``):
+    the bk engine keeps the input A of a trainable layer only when its rule reads it."""
+
+    def decorate(rule: Rule) -> Rule:
+        for layer_type in layer_types:
+            RULES[layer_type] = rule
+            if not reads_input:
+                OUTPUT_ONLY.add(layer_type)
+        return rule
+
+    return decorate
 
 
 def materialized(param: nn.Parameter, grads: torch.Tensor, mode: str = "materialized"):
@@ -85,22 +105,14 @@ def _wants(param: nn.Parameter | None, trainable: set[int]) -> bool:
     return param is not None and id(param) in trainable
 
 
-def linear(m: nn.Linear, a, b, trainable: set[int]) -> list[PerExample]:
+@register_bk_rule(nn.Linear)
+def linear(m: nn.Module, a, b, trainable: set[int], transposed: bool = False):
+    """y = x W^T + b on any leading dimensions; ``transposed``: W stored as (in, out), as
+    transformers' Conv1D (GPT-2) stores it."""
     b3 = b.reshape(len(b), -1, b.shape[-1])
     out = []
     if _wants(m.weight, trainable):
-        out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3))
-    if _wants(m.bias, trainable):
-        out.append(_bias(m.bias, b3))
-    return out
-
-
-def hf_conv1d(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
-    """transformers' Conv1D (GPT-2): y = x @ W + b with W stored as (in, out)."""
-    b3 = b.reshape(len(b), -1, b.shape[-1])
-    out = []
-    if _wants(m.weight, trainable):
-        out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3, transposed=True))
+        out.append(_matrix(m.weight, a.reshape(len(a), -1, a.shape[-1]), b3, transposed))
     if _wants(m.bias, trainable):
         out.append(_bias(m.bias, b3))
     return out
@@ -142,6 +154,7 @@ def _per_example_conv_weight(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: tor
     return grads.view(n, *m.weight.shape)
 
 
+@register_bk_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(m: nn.modules.conv._ConvNd, a, b, trainable: set[int]) -> list[PerExample]:
     """Conv1d/2d with groups 1: im2col, then the Linear rule (ghost norm or materialized).
     Grouped (depthwise) convolutions and Conv3d: per-example gradients materialized by the
@@ -166,14 +179,14 @@ def conv(m: nn.modules.conv._ConvNd, a, b, trainable: set[int]) -> list[PerExamp
     return out
 
 
+@register_bk_rule(nn.Embedding)
 def embedding(m: nn.Embedding, ids, b, trainable: set[int]) -> list[PerExample]:
     if not _wants(m.weight, trainable):
         return []
     n, d = len(b), b.shape[-1]
     ids = ids.reshape(n, -1)
     b = b.reshape(n, -1, d)
-    if m.padding_idx is not None:  # the padding row never receives a gradient
-        b = b * (ids != m.padding_idx).unsqueeze(-1).to(b.dtype)
+    b = without_padding(m, ids, b)  # the padding row never receives a gradient
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(b.dtype)
     if m.scale_grad_by_freq:  # each row's gradient over its count in the (one-example) batch
         b = b / same.sum(2, keepdim=True)
@@ -208,12 +221,14 @@ def _affine(m: nn.Module, normalized: torch.Tensor | None, b, channel_view, trai
     return out
 
 
+@register_bk_rule(nn.LayerNorm)
 def layer_norm(m: nn.LayerNorm, a, b, trainable: set[int]) -> list[PerExample]:
     shape = m.normalized_shape
     normalized = F.layer_norm(a, shape, eps=m.eps) if _wants(m.weight, trainable) else None
     return _affine(m, normalized, b, lambda t: t.reshape(len(t), -1, *shape).sum(1), trainable)
 
 
+@register_bk_rule(nn.GroupNorm)
 def group_norm(m: nn.GroupNorm, a, b, trainable: set[int]) -> list[PerExample]:
     normalized = F.group_norm(a, m.num_groups, eps=m.eps) if _wants(m.weight, trainable) else None
     return _affine(
@@ -221,14 +236,7 @@ def group_norm(m: nn.GroupNorm, a, b, trainable: set[int]) -> list[PerExample]:
     )
 
 
-def position_embedding(m: PositionEmbedding, a, b, trainable: set[int]) -> list[PerExample]:
-    return [materialized(m.weight, b)] if _wants(m.weight, trainable) else []
-
-
-def class_token(m: ClassToken, a, b, trainable: set[int]) -> list[PerExample]:
-    return [materialized(m.weight, b[:, :1])] if _wants(m.weight, trainable) else []
-
-
+@register_bk_rule(nn.EmbeddingBag)
 def embedding_bag(m: nn.EmbeddingBag, ids, b, trainable: set[int]) -> list[PerExample]:
     """EmbeddingBag on (N, L) ids (one bag per example), mode sum or mean: every id of bag i
     gets b_i (over L for mean), so repeated ids add up before the norm."""
@@ -243,12 +251,14 @@ def embedding_bag(m: nn.EmbeddingBag, ids, b, trainable: set[int]) -> list[PerEx
     return [_rows_by_id(m.weight, ids, rows, same)]
 
 
+@register_bk_rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 def instance_norm(m: nn.modules.instancenorm._InstanceNorm, a, b, trainable: set[int]):
     normalized = F.instance_norm(a, eps=m.eps) if _wants(m.weight, trainable) else None
     return _affine(m, normalized, b, lambda t: t.reshape(len(t), m.num_features, -1).sum(-1),
                    trainable)  # fmt: skip
 
 
+@register_bk_rule(nn.RMSNorm)
 def rms_norm(m: nn.RMSNorm, a, b, trainable: set[int]) -> list[PerExample]:
     shape = tuple(m.normalized_shape)
     normalized = F.rms_norm(a, shape, eps=m.eps) if _wants(m.weight, trainable) else None
@@ -261,24 +271,6 @@ def sequence_bias(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
     if not _wants(m.bias, trainable):
         return []
     return [materialized(m.bias, b[:, -1] if m.batch_first else b[-1])]
-
-
-RULES: dict[type, Callable[..., list[PerExample]]] = {
-    nn.Linear: linear,
-    nn.Conv1d: conv,
-    nn.Conv2d: conv,
-    nn.Conv3d: conv,
-    nn.Embedding: embedding,
-    nn.EmbeddingBag: embedding_bag,
-    nn.LayerNorm: layer_norm,
-    nn.GroupNorm: group_norm,
-    nn.InstanceNorm1d: instance_norm,
-    nn.InstanceNorm2d: instance_norm,
-    nn.InstanceNorm3d: instance_norm,
-    nn.RMSNorm: rms_norm,
-    PositionEmbedding: position_embedding,
-    ClassToken: class_token,
-}
 
 
 def hf_vit_embeddings(m: nn.Module, a, b, trainable: set[int]) -> list[PerExample]:
@@ -297,8 +289,8 @@ try:  # Opacus' DP layers: DPLSTM/DPGRU/DPRNN cells are RNNLinear, called once p
     from opacus.layers.dp_multihead_attention import SequenceBias as _SequenceBias
     from opacus.layers.dp_rnn import RNNLinear as _RNNLinear
 
-    RULES[_RNNLinear] = linear
-    RULES[_SequenceBias] = sequence_bias
+    register_bk_rule(_RNNLinear)(linear)
+    register_bk_rule(_SequenceBias, reads_input=False)(sequence_bias)
 except ImportError:  # pragma: no cover
     _SequenceBias = None
 
@@ -306,13 +298,10 @@ try:  # Hugging Face layers, when transformers is installed
     from transformers.models.vit.modeling_vit import ViTEmbeddings as _HFViTEmbeddings
     from transformers.pytorch_utils import Conv1D as _HFConv1D
 
-    RULES[_HFConv1D] = hf_conv1d  # GPT-2's linear layers
-    RULES[_HFViTEmbeddings] = hf_vit_embeddings
+    register_bk_rule(_HFConv1D)(partial(linear, transposed=True))  # GPT-2's linear layers
+    register_bk_rule(_HFViTEmbeddings, reads_input=False)(hf_vit_embeddings)
 except ImportError:  # pragma: no cover
     _HFViTEmbeddings = None
-
-# Layers whose rule reads only the output gradient, never the input.
-OUTPUT_ONLY = (PositionEmbedding, ClassToken) + ((_SequenceBias,) if _SequenceBias else ())
 
 
 def unsupported_reason(m: nn.Module) -> str | None:

@@ -33,16 +33,18 @@ def _embedding_norms(layer: nn.Embedding, activations: list, backprops: torch.Te
 GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding] = _embedding_norms
 
 
+PER_LAYER_REFUSAL = (
+    "clipping=per_layer needs one factor per parameter and example; the ghost engine's second "
+    "backward pass applies one per example: use clipping.engine=bk, hooks or vmap"
+)
+
+
 class GhostEngine(Engine):
     name = "ghost"
 
     def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
         if per_layer:
-            raise PrivacyConfigError(
-                "clipping=per_layer needs one factor per parameter and example; the ghost "
-                "engine's second backward pass applies one per example: use "
-                "clipping.engine=bk or clipping.engine=hooks"
-            )
+            raise PrivacyConfigError(PER_LAYER_REFUSAL)
         super().__init__(module, factors)
         quiet_full_backward_hook_warning()
         # Opacus logs one INFO line per layer on every wrap; keep its warnings only.

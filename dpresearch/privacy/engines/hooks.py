@@ -23,41 +23,23 @@ from opacus.grad_sample import (
 from torch import nn
 from torch.nn import functional as F
 
-from dpresearch.models.layers import ClassToken, PositionEmbedding
-from dpresearch.privacy.engines.base import Engine, Factors, example_losses
-
-
-@register_grad_sampler(PositionEmbedding)
-def _position_embedding(layer, activations, backprops: torch.Tensor):
-    return {layer.weight: backprops.unsqueeze(1)}
-
-
-@register_grad_sampler(ClassToken)
-def _class_token(layer, activations, backprops: torch.Tensor):
-    return {layer.weight: backprops[:, :1].unsqueeze(1)}
-
+from dpresearch.privacy.engines.base import Engine, Factors, example_losses, without_padding
 
 _OPACUS_EMBEDDING_GRAD = GradSampleModule.GRAD_SAMPLERS[nn.Embedding]
 _OPACUS_EMBEDDING_NORM = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
-
-
-def _without_padding(layer: nn.Embedding, ids: torch.Tensor, backprops: torch.Tensor):
-    """Opacus 1.6 gives an Embedding's padding row a per-example gradient that autograd never
-    applies: norms come out too large and the padding row moves. Zero those positions."""
-    if layer.padding_idx is None:
-        return backprops
-    return backprops * (ids != layer.padding_idx).unsqueeze(-1).to(backprops.dtype)
+# Opacus 1.6 gives an Embedding's padding row a per-example gradient that autograd never
+# applies (norms too large, the padding row moves): its rules get the masked gradient.
 
 
 @register_grad_sampler(nn.Embedding)
 def _embedding(layer, activations, backprops: torch.Tensor):
-    backprops = _without_padding(layer, activations[0], backprops)
+    backprops = without_padding(layer, activations[0], backprops)
     return _OPACUS_EMBEDDING_GRAD(layer, activations, backprops)
 
 
 @register_norm_sampler(nn.Embedding)
 def _embedding_norm(layer, activations, backprops: torch.Tensor):
-    backprops = _without_padding(layer, activations[0], backprops)
+    backprops = without_padding(layer, activations[0], backprops)
     return _OPACUS_EMBEDDING_NORM(layer, activations, backprops)
 
 

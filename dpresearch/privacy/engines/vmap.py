@@ -93,5 +93,4 @@ class VmapEngine(Engine):
             )
         if len(seen) > 1:
             self.last_param_norms = torch.cat(seen)
-            self.last_norms = self.last_param_norms.norm(2, dim=1)
         return output

@@ -253,7 +253,7 @@ def run(
         if probe is not None:
             if not isinstance(strategy, DPSGD):
                 raise ValueError("an audit needs a DP run (privacy=dp): there is no claim to check")
-            strategy.probe = probe
+            strategy.attach_step_hook(probe)
         if cfg.trainer.get("compile", False):
             model = compile_model(model, plan.engine, sampling.name)
         train_prefix, nonprivate = metric_policy(

@@ -12,6 +12,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,11 +21,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpresearch.benchmark.memory import step_peak_mb
+from dpresearch.data.padding import count_real
 from dpresearch.finetune.scopes import Scope
 from dpresearch.module import classification_losses
 from dpresearch.privacy.engines import ENGINES, make_engine
-from dpresearch.privacy.noise import add_noise
 from dpresearch.privacy.self_check import LossModule
+from dpresearch.privacy.step import accumulate, clipped_sum, gradients, noised
 from dpresearch.privacy.strategy import split_batch
 from dpresearch.privacy.validation import resolve_engine
 
@@ -93,14 +95,16 @@ class Method:
 
     def step(self, x: Any, y: torch.Tensor) -> None:
         chunks = split_batch((x, y), self.physical)
-        if self.engine is None:
+        if self.engine is None:  # averaged over the real examples, as PhysicalBatching does
+            n = max(count_real((x, y)), 1)
             for xs, ys in chunks:
-                (self._losses(xs, ys)["example_losses"].sum() / len(y)).backward()
-        else:
-            for xs, ys in chunks:
-                self.engine.run(lambda xs=xs, ys=ys: self._losses(xs, ys), (xs, ys))
-            for p, s in zip(self.engine.params, self.engine.take_sums()):
-                p.grad = add_noise(s, self.noise_std, self.generator) / self.expected
+                (self._losses(xs, ys)["example_losses"].sum() / n).backward()
+        else:  # the strategy's stages (dpresearch.privacy.step), on one process
+            steps = [((xs, ys), partial(self._losses, xs, ys)) for xs, ys in chunks]
+            accumulate(self.engine, steps)
+            sums = noised(clipped_sum(self.engine, ()), self.noise_std, self.generator)
+            for p, g in zip(self.engine.params, gradients(sums, self.expected)):
+                p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -23,6 +23,7 @@ from scipy import stats
 from torch.nn import functional as F
 
 from dpresearch.data.base import TensorSet, take
+from dpresearch.privacy.step import StepHook
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -98,9 +99,10 @@ def audit(
                        int(included.sum()), confidence, delta, rows)  # fmt: skip
 
 
-class Canaries:
-    """What an audit adds to a run: canaries in the data (``prepare_data``), in the DP
-    strategy's step (``setup``, ``add``, ``observe``), and scores after training (``finish``).
+class Canaries(StepHook):
+    """What an audit adds to a run: canaries in the data (``prepare_data``), in each DP step
+    (a ``StepHook``: ``setup``, ``on_clipped_sum``, ``on_release``), and scores after training
+    (``finish``).
     Each is included independently with probability 1/2 (``included``); ``scores`` are higher
     for canaries that look included.
 
@@ -116,7 +118,7 @@ class Canaries:
         if sabotage not in self.SABOTAGE:
             raise ValueError(f"audit.sabotage={sabotage!r} is not one of {list(self.SABOTAGE)}")
         self.m, self.sabotage = canaries, sabotage
-        self.noise_scale = 0.0 if sabotage == "noise" else 1.0
+        self.noise_factor = 0.0 if sabotage == "noise" else 1.0
         self.generator = torch.Generator().manual_seed(seed)
         self.included = torch.rand(canaries, generator=self.generator) < 0.5
         self.scores = torch.zeros(canaries, dtype=torch.float64)
@@ -125,14 +127,7 @@ class Canaries:
     def prepare_data(self, datamodule) -> None:
         """Called once the DataModule has its splits, before the privacy plan."""
 
-    def setup(self, strategy) -> None:
-        """Called by the DP strategy once its engine exists."""
-
-    def add(self, sums: list[torch.Tensor]) -> None:
-        """The step's clipped sum, before noise."""
-
-    def observe(self, sums: list[torch.Tensor]) -> None:
-        """The step's noisy sum (what the step releases)."""
+    def on_release(self, sums: list[torch.Tensor]) -> None:
         self.steps += 1
 
     def finish(self, module: torch.nn.Module) -> None:
@@ -170,17 +165,17 @@ class GradientCanaries(Canaries):
         self.sample_rate = sample_rate
         self.magnitude = clip * (50.0 if self.sabotage == "clipping" else 1.0)
 
-    def add(self, sums: list[torch.Tensor]) -> None:
+    def on_clipped_sum(self, sums: list[torch.Tensor]) -> None:
         joined = self.included & (torch.rand(self.m, generator=self.generator) < self.sample_rate)
         flat = torch.zeros(sum(self.sizes), dtype=sums[0].dtype)
         flat[self.coords[joined]] = self.magnitude * self.signs[joined].to(flat.dtype)
         for s, part in zip(sums, flat.split(self.sizes)):
             s.add_(part.view_as(s).to(s.device))
 
-    def observe(self, sums: list[torch.Tensor]) -> None:
+    def on_release(self, sums: list[torch.Tensor]) -> None:
         flat = torch.cat([s.detach().reshape(-1).cpu() for s in sums]).double()
         self.scores += self.signs.double() * flat[self.coords]
-        super().observe(sums)
+        super().on_release(sums)
 
 
 class InputCanaries(Canaries):

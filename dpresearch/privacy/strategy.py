@@ -35,8 +35,8 @@ from dpresearch.data.padding import count_real
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon, steps_within_budget
 from dpresearch.privacy.batching import batch_size, split_batch
 from dpresearch.privacy.engines import Engine, make_engine
-from dpresearch.privacy.noise import add_noise
 from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
+from dpresearch.privacy.step import StepHook, accumulate, clipped_sum, gradients, noised, release
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class DPSGD(PhysicalBatching):
         self.planned_steps: int | None = None  # the steps the trainer will run (all of them)
         self.resumed_steps = 0
         self.stopped_by_budget = False
-        self.probe: Any = None  # an audit's canaries (dpresearch.privacy.auditing); None in runs
+        self.step_hooks: list[StepHook] = []  # what observes each step (an audit's canaries)
 
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)
@@ -179,13 +179,17 @@ class DPSGD(PhysicalBatching):
         self.engine = make_engine(
             self.engine_name, self.lightning_module, self.factors, self.per_layer
         )
-        if self.probe is not None:
-            self.probe.setup(self)
+        for hook in self.step_hooks:
+            hook.setup(self)
         if self.randomness == "seeded":
             self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
             if self._restored_generator is not None:
                 self._generator.set_state(self._restored_generator)
                 self._restored_generator = None
+
+    def attach_step_hook(self, hook: StepHook) -> None:
+        """Have ``hook`` observe every DP step (see ``dpresearch.privacy.step``)."""
+        self.step_hooks.append(hook)
 
     # --- resuming: the DP state a checkpoint carries -------------------------------------
     def dp_state_dict(self) -> dict:
@@ -299,13 +303,7 @@ class DPSGD(PhysicalBatching):
                 f"refusing DP step {self.dp_steps + 1}: the budget allows {self.max_dp_steps} "
                 f"(target epsilon {self.target_epsilon}); a Lightning loop setting kept training"
             )
-        output = None
-        for chunk, step in self._physical_steps(args, kwargs):
-            if batch_size(chunk):
-                output = self.engine.run(step, chunk)
-            else:  # an empty Poisson batch: no gradient to record, noise still follows
-                with torch.no_grad():
-                    output = step()
+        output = accumulate(self.engine, self._physical_steps(args, kwargs))
         self._local_examples = count_real(args[0])
         self._pending = True
         return output
@@ -318,19 +316,14 @@ class DPSGD(PhysicalBatching):
         every process receives the identical noised gradient."""
         if not self._pending:
             raise RuntimeError("DPStrategy.backward without a DP training_step before it")
-        sums = self.engine.take_sums()
-        if self.probe is not None:
-            self.probe.add(sums)  # audit canaries join the clipped sum like examples
-        if self.is_global_zero:
+        sums = clipped_sum(self.engine, self.step_hooks)
+        if self.is_global_zero:  # generator None: the secure source
             std = self.noise_multiplier * self.max_grad_norm
-            if self.probe is not None:
-                std *= self.probe.noise_scale  # 1, or 0 in a deliberately broken audit run
-            sums = [add_noise(s, std, self._generator) for s in sums]  # None: secure source
+            sums = noised(sums, std, self._generator, self.step_hooks)
         self._reduce_with_count(sums)
-        if self.probe is not None:
-            self.probe.observe(sums)  # what the step releases
-        for p, s in zip(self.engine.params, sums):
-            p.grad = s / self.expected_batch_size
+        release(sums, self.step_hooks)
+        for p, g in zip(self.engine.params, gradients(sums, self.expected_batch_size)):
+            p.grad = g
         self._pending = False
         self.dp_steps += 1
         self._stop_if_spent()

@@ -1,0 +1,81 @@
+"""One DP-SGD step as named stages, run by the training strategy and the benchmark alike.
+
+    accumulate     the engine over each physical batch: its clipped per-example sum
+    clipped sum    the step's sum; hooks see it before noise (an audit's canaries join it)
+    noise          N(0, (sigma*C)^2) once per step, on one process (rank 0) only
+    reduce         one all-reduce across processes (the DDP strategy's; nothing on one)
+    release        hooks see what the step releases: the noised, reduced sum
+    scale          divided by the public expected batch size: the optimizer's gradient
+
+Each stage is a function of what it needs, so a strategy, the benchmark and the next noise
+mechanisms call the same code. ``StepHook`` is the one extension point: what observes or
+changes a step implements some of its methods (the audit's canaries today).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from dpresearch.privacy.batching import batch_size
+from dpresearch.privacy.engines import Engine
+from dpresearch.privacy.noise import add_noise
+
+
+class StepHook:
+    """Observes (or, in a deliberately broken audit run, alters) each DP step. Every method
+    is a no-op by default; a hook overrides what it needs."""
+
+    noise_factor = 1.0  # multiplies the noise std: 1, or 0 in a sabotaged audit run
+
+    def setup(self, strategy: Any) -> None:
+        """Once the strategy's engine exists, before the first step."""
+
+    def on_clipped_sum(self, sums: list[torch.Tensor]) -> None:
+        """The step's clipped sum on this process, before noise (may add to it in place)."""
+
+    def on_release(self, sums: list[torch.Tensor]) -> None:
+        """The step's noised sum over all processes: what the step releases."""
+
+
+def accumulate(engine: Engine, physical_steps: Iterable[tuple[Any, Callable[[], Any]]]) -> Any:
+    """Run every physical batch through the engine (an empty Poisson batch: forward only, no
+    gradient, the noise still follows); return the last training_step output."""
+    output = None
+    for chunk, step in physical_steps:
+        if batch_size(chunk):
+            output = engine.run(step, chunk)
+        else:
+            with torch.no_grad():
+                output = step()
+    return output
+
+
+def clipped_sum(engine: Engine, hooks: Sequence[StepHook]) -> list[torch.Tensor]:
+    sums = engine.take_sums()
+    for hook in hooks:
+        hook.on_clipped_sum(sums)
+    return sums
+
+
+def noised(
+    sums: list[torch.Tensor], std: float, generator: torch.Generator | None,
+    hooks: Sequence[StepHook] = (),
+) -> list[torch.Tensor]:  # fmt: skip
+    """``sums`` plus N(0, std^2) per coordinate (``generator`` None: the secure source)."""
+    for hook in hooks:
+        std *= hook.noise_factor
+    return [add_noise(s, std, generator) for s in sums]
+
+
+def release(sums: list[torch.Tensor], hooks: Sequence[StepHook]) -> None:
+    for hook in hooks:
+        hook.on_release(sums)
+
+
+def gradients(sums: list[torch.Tensor], expected_batch_size: int) -> list[torch.Tensor]:
+    """The optimizer's gradient: the noised sum over the PUBLIC expected batch size (the
+    realised Poisson batch size is private)."""
+    return [s / expected_batch_size for s in sums]

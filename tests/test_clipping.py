@@ -10,37 +10,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dpresearch.privacy.spec import AutomaticClipping, FixedClipping
 from tests.conftest import dp_strategy, fit_batches
-
-
-def mixed_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.GroupNorm(2, 4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 6 * 6, 5),
-    )
+from tests.helpers.models import mixed_model
+from tests.helpers.references import brute_force_sum
 
 
 def brute_force_update(
     model, x, y, clip: float, expected: int, lr: float, gamma: float | None = None
 ) -> list[torch.Tensor]:
     """-lr * (sum_i clip_C(g_i)) / expected, one example at a time; AUTO-S when gamma is set."""
-    total = [torch.zeros_like(p) for p in model.parameters()]
-    for i in range(len(x)):
-        model.zero_grad()
-        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        grads = [p.grad.detach().clone() for p in model.parameters()]
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
-        if gamma is None:
-            factor = min(1.0, clip / (norm.item() + 1e-6))
-        else:
-            factor = clip / (norm.item() + gamma)
-        for t, g in zip(total, grads):
-            t += factor * g
-    return [-lr * t / expected for t in total]
+    spec = FixedClipping(clip) if gamma is None else AutomaticClipping(clip, gamma=gamma)
+    return [-lr * t / expected for t in brute_force_sum(model, x, y, spec.factors)]
 
 
 @pytest.mark.parametrize("max_physical", [64, 7], ids=["one-physical-batch", "split-into-7s"])

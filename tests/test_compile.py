@@ -11,7 +11,7 @@ from dpresearch.compiling import compile_model
 from dpresearch.data.padding import PAD_LABEL
 from dpresearch.privacy.engines import make_engine
 from dpresearch.privacy.spec import FixedClipping
-from tests.test_engines import data, group_norm_cnn
+from tests.helpers.models import data, group_norm_cnn
 
 
 def graphs_after_steps(real_sizes: list[int], pad_to: int | None) -> list[int]:

@@ -8,126 +8,31 @@ real Lightning strategy with physical batches.
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from dpresearch.models.cnn import Conv1DNet
-from dpresearch.models.text import TextTransformer
-from dpresearch.models.vit import ViT
-from dpresearch.privacy.engines import make_engine
-from dpresearch.privacy.self_check import LossModule
 from dpresearch.privacy.spec import AutomaticClipping, FixedClipping
 from tests.conftest import dp_strategy, fit_batches
+from tests.helpers.models import (
+    MODELS,
+    data,
+    group_norm_cnn,
+    vit_micro,
+)
+from tests.helpers.references import (
+    assert_sums_close,
+    brute_force_per_layer_sum,
+    brute_force_sum,
+    engine_sum,
+)
 
 ENGINES = ["hooks", "ghost", "bk", "vmap"]
 FUNCTIONS = {
     "fixed": FixedClipping(max_grad_norm=0.5).factors,
     "automatic": AutomaticClipping(max_grad_norm=0.5, gamma=0.01).factors,
 }
-
-
-def group_norm_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.GroupNorm(4, 8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 4 * 4, 5),
-    )
-
-
-def vit_micro() -> nn.Module:
-    """The benchmark's reference ViT (depth 4, width 192, 3 heads, MLP 4x, patch 4, 32x32)."""
-    return ViT(num_classes=5, in_channels=3, image_size=32, patch_size=4, dim=192, depth=4,
-               heads=3)  # fmt: skip
-
-
-def text_transformer() -> nn.Module:
-    return TextTransformer(num_classes=5, vocab_size=50, max_length=12, dim=16, depth=2, heads=2)
-
-
-def conv1d_net() -> nn.Module:
-    return Conv1DNet(num_classes=5, width=8)
-
-
-def data(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    y = torch.randint(0, 5, (n,), generator=g)
-    if name == "text":  # repeated tokens (shared embedding rows) and padding (id 0)
-        ids = torch.randint(1, 8, (n, 12), generator=g)
-        ids[:, 9:] = 0
-        return ids, y
-    if name == "conv1d":
-        return torch.randn(n, 1, 40, generator=g), y
-    size = 32 if name == "vit" else 8
-    return torch.randn(n, 3, size, size, generator=g), y
-
-
-MODELS = {
-    "cnn": group_norm_cnn,
-    "vit": vit_micro,
-    "text": text_transformer,
-    "conv1d": conv1d_net,
-}
-
-
-def brute_force_sum(model: nn.Module, x, y, factors) -> list[torch.Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = [torch.zeros_like(p) for p in params]
-    for i in range(len(x)):
-        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).float()
-        factor = factors(norm.reshape(1))[0]
-        for t, g in zip(total, grads):
-            t += factor * g
-    return total
-
-
-def brute_force_per_layer_sum(model: nn.Module, x, y, clip: float) -> list[torch.Tensor]:
-    """Each parameter tensor of each example clipped to C / sqrt(P) on its own."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    threshold = clip / len(params) ** 0.5
-    total = [torch.zeros_like(p) for p in params]
-    for i in range(len(x)):
-        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
-        for t, g in zip(total, grads):
-            t += min(1.0, threshold / (g.norm().item() + 1e-6)) * g
-    return total
-
-
-def losses(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
-    return {"example_losses": F.cross_entropy(model(x), y, reduction="none")}
-
-
-def engine_sum(
-    model: nn.Module, x, y, engine: str, factors, chunks: int = 1, per_layer: bool = False
-):
-    """The engine's clipped sum over ``chunks`` physical batches (inputs: tensor or dict)."""
-    from dpresearch.privacy.strategy import split_batch
-
-    module = LossModule(model, lambda m, batch: losses(m, *batch)["example_losses"])
-    eng = make_engine(engine, module, factors, per_layer)
-    try:
-        for xs, ys in split_batch((x, y), -(-len(y) // chunks)):
-            eng.run(partial(losses, model, xs, ys), (xs, ys))
-        return eng.take_sums(), eng
-    finally:
-        eng.close()
-
-
-def assert_sums_close(got, want) -> None:
-    """1e-5 relative to the largest gradient entry (a conv bias before GroupNorm has gradient
-    ~1e-9, rounding noise, which no relative test per tensor can compare)."""
-    scale = max(w.abs().max() for w in want)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g / scale, w / scale, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -13,14 +13,8 @@ from dpresearch.finetune import BiasOnly, Full, HeadOnly, LoRA
 from dpresearch.privacy.engines import make_engine
 from dpresearch.privacy.spec import FixedClipping
 from tests.conftest import dp_strategy, fit_batches
-from tests.test_engines import (
-    assert_sums_close,
-    brute_force_sum,
-    data,
-    engine_sum,
-    text_transformer,
-    vit_micro,
-)
+from tests.helpers.models import data, text_transformer, vit_micro
+from tests.helpers.references import assert_sums_close, brute_force_sum, engine_sum
 
 SCOPES = {
     "full": Full,

@@ -7,13 +7,12 @@ import copy
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from dpresearch.finetune import BiasOnly, Full, LoRA
 from dpresearch.models.hf import HFTextClassifier, PretrainedUnavailable
 from dpresearch.privacy.spec import FixedClipping
 from dpresearch.privacy.validation import resolve_engine
-from tests.test_engines import assert_sums_close, engine_sum
+from tests.helpers.references import assert_sums_close, brute_force_sum, engine_sum
 
 NO_DROPOUT = {
     "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
@@ -46,22 +45,10 @@ def batch(n: int, length: int, vocab: int = 60) -> tuple[dict, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (n,), generator=g)
 
 
-def per_example_reference(model, inputs, y, factors) -> list[torch.Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = [torch.zeros_like(p) for p in params]
-    for i in range(len(y)):
-        one = {k: v[i : i + 1] for k, v in inputs.items()}
-        grads = torch.autograd.grad(F.cross_entropy(model(one), y[i : i + 1]), params)
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).float()
-        for t, g in zip(total, grads):
-            t += factors(norm.reshape(1))[0] * g
-    return total
-
-
 def check_exact(model, engine: str, n: int = 4, length: int = 8) -> None:
     inputs, y = batch(n, length)
     factors = FixedClipping(max_grad_norm=0.1).factors
-    want = per_example_reference(copy.deepcopy(model), inputs, y, factors)
+    want = brute_force_sum(copy.deepcopy(model), inputs, y, factors)
     got, _ = engine_sum(model, inputs, y, engine, factors)
     assert_sums_close(got, want)
 

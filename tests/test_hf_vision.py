@@ -14,7 +14,7 @@ from dpresearch.models.hf import PretrainedUnavailable
 from dpresearch.models.hf_vision import HFImageClassifier, TimmClassifier
 from dpresearch.privacy.spec import FixedClipping
 from dpresearch.privacy.validation import resolve_engine
-from tests.test_engines import assert_sums_close, brute_force_sum, engine_sum
+from tests.helpers.references import assert_sums_close, brute_force_sum, engine_sum
 
 SIZES = {
     "vit": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -12,7 +12,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from dpresearch.report.__main__ import build_report
-from tests.test_report import fake_run
+from tests.helpers.runs import fake_run
 
 
 def chromium() -> str:

@@ -108,7 +108,7 @@ def test_vmap_engine_trains_end_to_end(compose_cfg, tmp_path) -> None:
 
 def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
     from tests.conftest import dp_strategy, fit_batches
-    from tests.test_clipping import mixed_model
+    from tests.helpers.models import mixed_model
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 6, 6) * 10, torch.randint(0, 5, (16,))

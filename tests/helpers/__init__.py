@@ -1,0 +1,1 @@
+"""What several test modules share: the brute-force references, small models and data."""

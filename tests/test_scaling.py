@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from dpresearch.benchmark import scaling
-from dpresearch.benchmark.scaling_model import (
+from experiments.scaling import study as scaling
+from experiments.scaling.step_time import (
     Workload,
     expected_max_share,
     hierarchical_allreduce_s,

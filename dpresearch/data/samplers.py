@@ -109,7 +109,28 @@ class RandomSource:
         self.generator.set_state(state["generator"])
 
 
-class PoissonBatchSampler:
+class BatchSampler:
+    """What every batch sampler shares: this process's place among the ranks, and a random
+    source whose state (seeded only) goes into checkpoints."""
+
+    def __init__(self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1):
+        check_rank(rank, world_size)
+        self.num_samples = num_samples
+        self.rank, self.world_size = rank, world_size
+        self.random = RandomSource(seed)
+
+    def shard(self, batch: torch.Tensor) -> list[int]:
+        """This rank's share of a logical batch: every ``world_size``-th example."""
+        return batch[self.rank :: self.world_size].tolist()
+
+    def state_dict(self) -> dict:
+        return self.random.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.random.load_state_dict(state)
+
+
+class PoissonBatchSampler(BatchSampler):
     """Yields ``steps_per_epoch`` logical batches per epoch, each a Poisson sample at rate q
     (this rank's shard of it)."""
 
@@ -122,12 +143,9 @@ class PoissonBatchSampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        check_rank(rank, world_size)
-        self.num_samples = num_samples
+        super().__init__(num_samples, seed, rank, world_size)
         self.sample_rate = sample_rate
         self.steps_per_epoch = steps_per_epoch
-        self.rank, self.world_size = rank, world_size
-        self.random = RandomSource(seed)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -135,13 +153,7 @@ class PoissonBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps_per_epoch):
             mask = self.random.bernoulli(self.num_samples, self.sample_rate)
-            yield mask.nonzero(as_tuple=True)[0][self.rank :: self.world_size].tolist()
-
-    def state_dict(self) -> dict:
-        return self.random.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.random.load_state_dict(state)
+            yield self.shard(mask.nonzero(as_tuple=True)[0])
 
 
 class MaskedPoissonBatchSampler(PoissonBatchSampler):
@@ -168,18 +180,15 @@ class MaskedPoissonBatchSampler(PoissonBatchSampler):
             yield batch + [PAD_INDEX] * (padded - len(batch))
 
 
-class ShuffleBatchSampler:
+class ShuffleBatchSampler(BatchSampler):
     """Fixed-size batches from a fresh permutation each epoch (last partial batch dropped);
     under data parallelism each rank takes every ``world_size``-th example of a batch."""
 
     def __init__(
         self, num_samples: int, batch_size: int, seed: Source, rank: int = 0, world_size: int = 1
     ):
-        check_rank(rank, world_size)
-        self.num_samples = num_samples
+        super().__init__(num_samples, seed, rank, world_size)
         self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.random = RandomSource(seed)
 
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
@@ -188,13 +197,7 @@ class ShuffleBatchSampler:
         perm = self.random.permutation(self.num_samples)
         for i in range(len(self)):
             batch = perm[i * self.batch_size : (i + 1) * self.batch_size]
-            yield batch[self.rank :: self.world_size].tolist()
-
-    def state_dict(self) -> dict:
-        return self.random.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.random.load_state_dict(state)
+            yield self.shard(batch)
 
 
 @dataclass

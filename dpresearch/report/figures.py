@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dpresearch.report.heatmap import draw_grid  # noqa: E402
 from dpresearch.report.runs import Run  # noqa: E402
 
 
@@ -136,16 +137,8 @@ def lr_clip_grid(runs: list[Run]) -> dict | None:
 
 
 def plot_heatmap(grid: dict, dataset: str, path: Path) -> None:
-    lrs, clips = grid["lrs"], grid["clips"]
-    matrix = [[grid["values"].get((lr, c), math.nan) for lr in lrs] for c in clips]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    im = ax.imshow(matrix, origin="lower", cmap="viridis", aspect="auto")
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            if math.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
-    ax.set_yticks(range(len(clips)), [f"{v:g}" for v in clips])
+    im = draw_grid(ax, grid["values"])
     ax.set_xlabel("learning rate")
     ax.set_ylabel("clipping threshold")
     fig.colorbar(im, ax=ax, label="validation accuracy")

@@ -4,7 +4,6 @@ parameters (e.g. learning rate x clipping threshold) or a curve over one."""
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+
+from dpresearch.report.heatmap import draw_grid  # noqa: E402
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -59,16 +60,7 @@ def plot(rows: list[dict], params: list[str], objective: str, path: Path) -> boo
         vals = [r["value"] for r in done]
         grid = len(set(xs)) * len(set(ys)) == len(done) and len(set(xs)) > 1 < len(set(ys))
         if grid:  # a full grid: cells
-            ux, uy = sorted(set(xs)), sorted(set(ys))
-            cells = [[math.nan] * len(ux) for _ in uy]
-            for x, y, v in zip(xs, ys, vals):
-                cells[uy.index(y)][ux.index(x)] = v
-            im = ax.imshow(cells, origin="lower", cmap="viridis", aspect="auto")
-            ax.set_xticks(range(len(ux)), [f"{v:g}" for v in ux])
-            ax.set_yticks(range(len(uy)), [f"{v:g}" for v in uy])
-            for i, row in enumerate(cells):
-                for j, v in enumerate(row):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+            im = draw_grid(ax, dict(zip(zip(xs, ys), vals)), fontsize=7)
         else:  # sampled points: a scatter heatmap on log axes
             im = ax.scatter(xs, ys, c=vals, cmap="viridis", s=60, edgecolors="k")
             ax.set_xscale("log")

@@ -1,12 +1,12 @@
 """The scaling study: throughput against world size, measured here and projected to 80 GPUs.
 
-    python -m dpresearch.benchmark.scaling --out experiments/scaling [--worlds 1 2] [--rounds 2]
+    python -m experiments.scaling.study --out experiments/scaling [--worlds 1 2] [--rounds 2]
         [-- run.py overrides]
 
 Measure: for each round, world size and method (non-private, DP bk, DP hooks; order rotated
 per round) one ``python run.py trainer=ddp_cpu trainer.devices=W`` job with one thread per
 process, reading examples/s and the all-reduce time from its summary.json. Model: fit the
-step-time model (``scaling_model``) to the one-process numbers and check it against the
+step-time model (``step_time``) to the one-process numbers and check it against the
 measured larger world. Project: the same model with GPU assumptions (all stated in
 ``--help`` and written next to the CSVs) to 80 GPUs on 10 nodes.
 """
@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from dpresearch.benchmark.scaling_model import (
+from experiments.scaling.step_time import (
     Workload,
     expected_max_share,
     fit_overhead,

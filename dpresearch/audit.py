@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from dpresearch.privacy.auditing import GradientCanaries, InputCanaries, audit
+from dpresearch.privacy.auditing import CANARIES, GradientCanaries, InputCanaries, audit
 from dpresearch.train import run
 
 KINDS = {
@@ -35,10 +36,17 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
     if options.kind not in KINDS:
         raise ValueError(f"audit.kind={options.kind!r} is not one of {list(KINDS)}")
     kind, description = KINDS[options.kind]
-    probe = kind(options.canaries, options.seed, options.sabotage)
-    summary = run(cfg, output_dir, choices, probe=probe)
-    result = audit(probe.scores.numpy(), probe.included.numpy(), summary["delta"],
-                   options.confidence, tuple(options.guess_fractions))  # fmt: skip
+    with open_dict(cfg):  # the canaries join the run as one of its callbacks
+        cfg.callbacks = cfg.get("callbacks") or {}
+        cfg.callbacks.audit_canaries = {
+            "_target_": f"{kind.__module__}.{kind.__name__}", "canaries": options.canaries,
+            "seed": options.seed, "sabotage": options.sabotage,
+        }  # fmt: skip
+    summary = run(cfg, output_dir, choices)
+    canaries = json.loads((Path(output_dir) / CANARIES).read_text())
+    result = audit(np.array(canaries["scores"]), np.array(canaries["included"]),
+                   summary["delta"], options.confidence,
+                   tuple(options.guess_fractions))  # fmt: skip
     claimed = summary["epsilon"]
     record = {
         **result.to_dict(),
@@ -46,7 +54,7 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         "consistent": result.epsilon_lower_bound <= claimed,
         "sabotage": options.sabotage,
         "kind": description,
-        "steps": probe.steps,
+        "steps": canaries["steps"],
         "experiment": summary.get("experiment"),
         "test_accuracy": summary.get("test_accuracy"),
         "noise_multiplier": summary.get("noise_multiplier"),

@@ -1,4 +1,5 @@
-"""run(cfg): the one orchestration function. Config -> objects -> trainer -> records."""
+"""run(cfg): one run, config -> records, in three stages (prepare, fit, evaluate) inside one
+wrapper (``recorded``) that writes the run's records however it ends."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,7 +25,16 @@ from dpresearch.checkpointing import LAST, RandomState, checkpoint_callback, res
 from dpresearch.compiling import compile_model
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule, classification_losses
-from dpresearch.privacy import DPSGD, PrivacyMetrics, PrivacyState, build_strategy, make_plan
+from dpresearch.privacy import (
+    DPStepping,
+    PhysicalBatching,
+    PrivacyMetrics,
+    PrivacyPlan,
+    PrivacyState,
+    build_strategy,
+    choose_engine,
+    make_plan,
+)
 from dpresearch.privacy.accounting import compute_epsilon
 from dpresearch.privacy.self_check import SelfCheck
 from dpresearch.privacy.statement import (
@@ -29,6 +43,7 @@ from dpresearch.privacy.statement import (
     privacy_statement,
     statement_markdown,
 )
+from dpresearch.privacy.step import StepHook
 from dpresearch.tracking.callbacks import (
     MetricsRecorder,
     Throughput,
@@ -145,6 +160,19 @@ def _takes(target: str, given: dict, set_in_config) -> bool:
     return set(given) <= set(params) and required <= set(given) | set(set_in_config)
 
 
+def _option_target(yaml: Path) -> str | None:
+    """A config option's ``_target_``, its own or from the bases in its defaults list."""
+    node = OmegaConf.load(yaml)
+    if "_target_" in node:
+        return node["_target_"]
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            target = _option_target(yaml.parent / f"{entry.split('@')[0]}.yaml")
+            if target is not None:
+                return target
+    return None
+
+
 def check_model_fits_data(node: DictConfig, datamodule) -> None:
     """A model that cannot take the dataset's input (a text model on images, a CNN on token
     ids) is refused in one line naming the datasets that fit, not with a TypeError."""
@@ -155,7 +183,7 @@ def check_model_fits_data(node: DictConfig, datamodule) -> None:
     fitting = []
     for yaml in sorted((Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml")):
         try:
-            cls = get_object(OmegaConf.load(yaml)["_target_"])
+            cls = get_object(_option_target(yaml))
             # Array datasets declare their shape on the class (model gets in_channels); text
             # datasets learn theirs from the tokenizer (model gets num_classes only).
             images = isinstance(getattr(cls, "input_shape", None), tuple)
@@ -179,176 +207,238 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(
-    cfg: DictConfig,
-    output_dir: str | Path,
-    choices: dict | None = None,
-    multirun: bool = False,
-    probe=None,
-) -> dict:
-    """Train and test one configuration; always leaves summary.json in ``output_dir``.
+def build_callbacks(node: DictConfig | None) -> dict[str, Any]:
+    """The ``callbacks`` group: name -> a Lightning Callback, a ``StepHook`` (attached to the
+    DP strategy), or both; ``callbacks.NAME=null`` turns one off. One that also defines
+    ``on_train_set(datamodule)`` may change the training set before the privacy plan counts
+    it (the audit's input canaries)."""
+    built = {}
+    for name, sub in (node or {}).items():
+        if sub is None:
+            continue
+        obj = build(sub)
+        if not isinstance(obj, (pl.Callback, StepHook)):
+            raise ValueError(
+                f"callbacks.{name} ({sub.get('_target_')}) is neither a Lightning Callback nor "
+                "a dpresearch.privacy.step.StepHook: subclass one, or remove it"
+            )
+        built[name] = obj
+    return built
 
-    Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
-    fails writes its own error log and a failed summary (the others are then stopped).
-    ``probe``: a privacy audit's canaries, handed to the DP strategy (dpresearch.audit)."""
-    out = Path(output_dir)
+
+@dataclass
+class Run:
+    """One run as its stages build it. ``recorded`` writes whatever exists when it ends."""
+
+    cfg: DictConfig
+    out: Path
+    choices: dict
+    summary: dict
+    throughput: Throughput = field(default_factory=Throughput)
+    logger: Any = None
+    trainer: pl.Trainer | None = None
+    facts: RunFacts | None = None
+    start: float = field(default_factory=time.perf_counter)
+    born: float = field(default_factory=lambda: time.time() - 1.0)  # older error logs: not ours
+    checkpointing: bool = True
+    ckpt_path: str | None = None
+    datamodule: Any = None
+    module: ClassificationModule | None = None
+    strategy: PhysicalBatching | None = None
+    plan: PrivacyPlan | None = None
+    pruning: Any = None
+
+
+@contextmanager
+def recorded(cfg: DictConfig, out: Path, choices: dict | None) -> Iterator[Run]:
+    """The run's records, however it ends: config.yaml first; then summary.json, the privacy
+    statement and the wandb run closed whether the stages finish or raise (a failure also
+    writes this rank's error log, and is raised again)."""
     out.mkdir(parents=True, exist_ok=True)
-    choices = dict(choices or {})
-    start = time.perf_counter()
-    born = time.time() - 1.0  # error logs of this run are newer than this (mtime resolution)
-    summary: dict = {
-        "experiment": cfg.get("name"),
-        "seed": cfg.seed,
-        "status": "running",
-        "output_dir": str(out),
-    }
+    r = Run(cfg, out, dict(choices or {}),
+            {"experiment": cfg.get("name"), "seed": cfg.seed, "status": "running",
+             "output_dir": str(out)})  # fmt: skip
     if process_rank(None) == 0:
         if cfg.get("print_config", False):
             print_config(cfg)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    logger = None
-    throughput = Throughput()
-    trainer: pl.Trainer | None = None
-    facts: RunFacts | None = None
     try:
-        ckpt_path = resume_path(cfg, out)
-        check_optimizer(cfg.optimizer)
-        checkpointing = bool(cfg.get("run", {}).get("checkpoint", True))
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        sampling = build(cfg.sampler)
-        privacy = build(cfg.privacy)
-        ddp = ddp_options(cfg.trainer, multirun)
-        check_trainer(cfg.trainer, privacy.enabled, ddp is not None)
-        clipping = build(cfg.clipping)
-        scope = build(cfg.finetune)
-        datamodule = build(cfg.dataset)
-        datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
-        summary.update(
-            dataset=choices.get("dataset", datamodule.name),
-            model=choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
-            clipping=choices.get("clipping", clipping.name) if privacy.enabled else None,
-            finetune=choices.get("finetune", scope.name),
-            sampler=choices.get("sampler", sampling.name),
-            private=privacy.enabled,
-        )
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        if probe is not None:
-            probe.prepare_data(datamodule)  # an audit's input canaries join the training set
-        model = build_model(cfg.model, datamodule, scope)
-        summary.update(parameter_counts(model))
-        plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer)
-        summary.update(
-            {k: v for k, v in plan.to_dict().items() if k not in ("private",)},
-            num_train=datamodule.num_train,
-        )
-        device = resolve_device(cfg.trainer.get("accelerator", "auto"))
-        check = None
-        if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
-            check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
-        strategy = build_strategy(plan, privacy, clipping, sampling, model, device, cfg.seed, ddp,
-                                  check)  # fmt: skip
-        summary["engine"] = plan.engine
-        summary["self_check"] = plan.self_check
-        if probe is not None:
-            if not isinstance(strategy, DPSGD):
-                raise ValueError("an audit needs a DP run (privacy=dp): there is no claim to check")
-            strategy.attach_step_hook(probe)
-        if cfg.trainer.get("compile", False):
-            model = compile_model(model, plan.engine, sampling.name)
-        train_prefix, nonprivate = metric_policy(
-            privacy.enabled, cfg.get("run", {}).get("train_metrics", "auto"),
-            datamodule.public_validation,
-        )  # fmt: skip
-        if privacy.enabled:  # the realised Poisson batch sizes are private: count E per step
-            throughput.per_step = sampling.expected_batch_size
-        recorder = MetricsRecorder(out / "metrics.jsonl", nonprivate)
-        pruning = trial_pruning(cfg)
-        facts = RunFacts(summary, privacy.randomness if privacy.enabled else None,
-                         recorder.released, nonprivate, datamodule.public_validation,
-                         datamodule.label_source, bool(cfg.get("sweep_trial")),
-                         pruning is not None, checkpointing)  # fmt: skip
-        module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
-                                      train_metrics=train_prefix)  # fmt: skip
-        tags, extra = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
-        extra["nonprivate_metrics"] = list(nonprivate)
-        logger = instantiate(cfg.logger, save_dir=str(out), run_config=cfg, _recursive_=False,
-                             extra_tags=tags, extra_config=extra)  # fmt: skip
-        if logger:  # wandb: in its config already; CSV: hparams.yaml beside metrics.csv
-            logger.log_hyperparams({"nonprivate_metrics": list(nonprivate)})
-        callbacks = [throughput, PrivacyMetrics(), PrivacyState(), RandomState(), recorder]
-        if checkpointing:
-            callbacks.append(checkpoint_callback(out))
-        if pruning is not None:
-            callbacks.append(pruning)
-        trainer = instantiate_trainer(
-            cfg.trainer,
-            strategy=strategy,
-            logger=logger,
-            callbacks=callbacks,
-            default_root_dir=str(out),
-            use_distributed_sampler=False,
-            enable_checkpointing=checkpointing,
-        )
-        summary["world_size"] = trainer.world_size
-        summary["resumed_from"] = ckpt_path
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if probe is not None:
-            probe.finish(module)
-        if hasattr(strategy, "reduce_stats"):
-            summary.update(strategy.reduce_stats())
-        val_acc = trainer.callback_metrics.get("val_acc")
-        summary["val_accuracy"] = float(val_acc) if val_acc is not None else None
-        if isinstance(strategy, DPSGD):
-            summary["stopped_by_budget"] = strategy.stopped_by_budget
-            summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
-            if strategy.planned_steps is not None:  # with the sigma used, not the config's
-                summary["planned_steps"] = strategy.planned_steps
-                summary["planned_epsilon"] = compute_epsilon(
-                    strategy.sample_rate, strategy.noise_multiplier, strategy.planned_steps,
-                    strategy.delta, strategy.accountant,
-                ).epsilon  # fmt: skip
-            if strategy.stopped_by_budget and checkpointing:
-                trainer.save_checkpoint(out / "checkpoints" / LAST)
-            eps = strategy.epsilon()
-            facts.resumed_steps = strategy.resumed_steps
-            summary.update(
-                epsilon=eps.epsilon,
-                epsilon_estimate=eps.epsilon_estimate,
-                epsilon_lower=eps.epsilon_lower,
-                epsilon_upper=eps.epsilon_upper,
-                accountant=eps.accountant,
-                accountant_note=eps.note,
-                steps=strategy.dp_steps,
-            )
-        else:
-            summary["steps"] = trainer.global_step
-        summary["epochs"] = trainer.current_epoch
-        test = trainer.test(module, datamodule=datamodule, verbose=False)
-        summary["test_accuracy"] = test[0].get("test_acc") if test else None
-        summary["status"] = "pruned" if pruning is not None and pruning.pruned else "completed"
-        if plan.debug:  # fast_dev_run: a smoke test of the code path, not a result
-            summary["status"] = "debug"
+        yield r
     except BaseException as err:
-        failure = record_failure(out, process_rank(trainer), err, traceback.format_exc(), born)
-        summary.update(failure)
+        r.summary.update(
+            record_failure(out, process_rank(r.trainer), err, traceback.format_exc(), r.born)
+        )
         raise
     finally:
-        summary["train_examples_per_s"] = throughput.examples_per_s
-        summary["peak_memory_mb"] = peak_memory_mb(
-            trainer.strategy.root_device if trainer else torch.device("cpu")
+        _finish_records(r)
+    if process_rank(r.trainer) == 0:
+        print_summary(r.summary)
+
+
+def _finish_records(r: Run) -> None:
+    summary, trainer = r.summary, r.trainer
+    summary["train_examples_per_s"] = r.throughput.examples_per_s
+    summary["peak_memory_mb"] = peak_memory_mb(
+        trainer.strategy.root_device if trainer else torch.device("cpu")
+    )
+    summary["wall_s"] = time.perf_counter() - r.start
+    if summary["status"] == "failed":  # the steps taken, not the plan's
+        summary["steps"] = trainer.global_step if trainer is not None else None
+    if r.facts is not None and process_rank(trainer) == 0:
+        _write_statement(r.out, summary, r.facts)
+    if process_rank(trainer) == 0 or summary["status"] == "failed":
+        r.summary = write_summary(r.out / "summary.json", summary)
+        _finish_wandb(r.logger, r.summary)
+
+
+def prepare(r: Run, multirun: bool) -> None:
+    """Config -> data, model, privacy plan, strategy, module, logger and trainer; every
+    refusal of a bad configuration happens here, before the first step."""
+    cfg, summary = r.cfg, r.summary
+    r.ckpt_path = resume_path(cfg, r.out)
+    check_optimizer(cfg.optimizer)
+    r.checkpointing = bool(cfg.get("run", {}).get("checkpoint", True))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    sampling = build(cfg.sampler)
+    privacy = build(cfg.privacy)
+    ddp = ddp_options(cfg.trainer, multirun)
+    check_trainer(cfg.trainer, privacy.enabled, ddp is not None)
+    clipping = build(cfg.clipping)
+    scope = build(cfg.finetune)
+    extra = build_callbacks(cfg.get("callbacks"))
+    hooks = {name: obj for name, obj in extra.items() if isinstance(obj, StepHook)}
+    if hooks and not privacy.enabled:
+        raise ValueError(
+            f"callbacks.{next(iter(hooks))} observes DP steps, so it needs a DP run "
+            "(privacy=dp): this run is not private, there is no step to observe"
         )
-        summary["wall_s"] = time.perf_counter() - start
-        if summary["status"] == "failed":  # the steps taken, not the plan's
-            summary["steps"] = trainer.global_step if trainer is not None else None
-        if facts is not None and process_rank(trainer) == 0:
-            _write_statement(out, summary, facts)
-        if process_rank(trainer) == 0 or summary["status"] == "failed":
-            summary = write_summary(out / "summary.json", summary)
-            _finish_wandb(logger, summary)
-    if process_rank(trainer) == 0:
-        print_summary(summary)
-    return summary
+    datamodule = r.datamodule = build(cfg.dataset)
+    datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
+    summary.update(
+        dataset=r.choices.get("dataset", datamodule.name),
+        model=r.choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
+        clipping=r.choices.get("clipping", clipping.name) if privacy.enabled else None,
+        finetune=r.choices.get("finetune", scope.name),
+        sampler=r.choices.get("sampler", sampling.name),
+        private=privacy.enabled,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    for obj in extra.values():  # before the plan: it counts the training set
+        if hasattr(obj, "on_train_set"):
+            obj.on_train_set(datamodule)
+    model = build_model(cfg.model, datamodule, scope)
+    summary.update(parameter_counts(model))
+    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer)
+    check = None
+    if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
+        check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
+    plan = r.plan = choose_engine(plan, model, clipping, check)
+    summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},
+                   num_train=datamodule.num_train)  # fmt: skip
+    device = resolve_device(cfg.trainer.get("accelerator", "auto"))
+    strategy = r.strategy = build_strategy(plan, privacy, clipping, sampling, device, cfg.seed,
+                                           ddp)  # fmt: skip
+    for hook in hooks.values():
+        strategy.attach_step_hook(hook)
+    if cfg.trainer.get("compile", False):
+        model = compile_model(model, plan.engine, sampling.name)
+    train_prefix, nonprivate = metric_policy(
+        privacy.enabled, cfg.get("run", {}).get("train_metrics", "auto"),
+        datamodule.public_validation,
+    )  # fmt: skip
+    if privacy.enabled:  # the realised Poisson batch sizes are private: count E per step
+        r.throughput.per_step = sampling.expected_batch_size
+    recorder = MetricsRecorder(r.out / "metrics.jsonl", nonprivate)
+    r.pruning = trial_pruning(cfg)
+    r.facts = RunFacts(summary, privacy.randomness if privacy.enabled else None,
+                       recorder.released, nonprivate, datamodule.public_validation,
+                       datamodule.label_source, bool(cfg.get("sweep_trial")),
+                       r.pruning is not None, r.checkpointing)  # fmt: skip
+    r.module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
+                                    train_metrics=train_prefix)  # fmt: skip
+    tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
+    config["nonprivate_metrics"] = list(nonprivate)
+    r.logger = instantiate(cfg.logger, save_dir=str(r.out), run_config=cfg, _recursive_=False,
+                           extra_tags=tags, extra_config=config)  # fmt: skip
+    if r.logger:  # wandb: in its config already; CSV: hparams.yaml beside metrics.csv
+        r.logger.log_hyperparams({"nonprivate_metrics": list(nonprivate)})
+    # What every run keeps, then the callbacks group's.
+    callbacks = [r.throughput, PrivacyMetrics(), PrivacyState(), RandomState(), recorder]
+    if r.checkpointing:
+        callbacks.append(checkpoint_callback(r.out))
+    if r.pruning is not None:
+        callbacks.append(r.pruning)
+    callbacks += [obj for obj in extra.values() if isinstance(obj, pl.Callback)]
+    r.trainer = instantiate_trainer(
+        cfg.trainer,
+        strategy=strategy,
+        logger=r.logger,
+        callbacks=callbacks,
+        default_root_dir=str(r.out),
+        use_distributed_sampler=False,
+        enable_checkpointing=r.checkpointing,
+    )
+    summary["world_size"] = r.trainer.world_size
+    summary["resumed_from"] = r.ckpt_path
+
+
+def fit(r: Run) -> None:
+    """Train, then record what the training spent: epsilon, steps, the sigma used."""
+    trainer, strategy, summary = r.trainer, r.strategy, r.summary
+    trainer.fit(r.module, datamodule=r.datamodule, ckpt_path=r.ckpt_path)
+    if hasattr(strategy, "reduce_stats"):
+        summary.update(strategy.reduce_stats())
+    val_acc = trainer.callback_metrics.get("val_acc")
+    summary["val_accuracy"] = float(val_acc) if val_acc is not None else None
+    if isinstance(strategy, DPStepping):
+        summary["stopped_by_budget"] = strategy.stopped_by_budget
+        summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
+        if strategy.planned_steps is not None:  # with the sigma used, not the config's
+            summary["planned_steps"] = strategy.planned_steps
+            summary["planned_epsilon"] = compute_epsilon(
+                strategy.sample_rate, strategy.noise_multiplier, strategy.planned_steps,
+                strategy.delta, strategy.accountant,
+            ).epsilon  # fmt: skip
+        if strategy.stopped_by_budget and r.checkpointing:
+            trainer.save_checkpoint(r.out / "checkpoints" / LAST)
+        eps = strategy.epsilon()
+        r.facts.resumed_steps = strategy.resumed_steps
+        summary.update(
+            epsilon=eps.epsilon,
+            epsilon_estimate=eps.epsilon_estimate,
+            epsilon_lower=eps.epsilon_lower,
+            epsilon_upper=eps.epsilon_upper,
+            accountant=eps.accountant,
+            accountant_note=eps.note,
+            steps=strategy.dp_steps,
+        )
+    else:
+        summary["steps"] = trainer.global_step
+    summary["epochs"] = trainer.current_epoch
+
+
+def evaluate(r: Run) -> None:
+    """Test the trained model and settle the run's status."""
+    test = r.trainer.test(r.module, datamodule=r.datamodule, verbose=False)
+    r.summary["test_accuracy"] = test[0].get("test_acc") if test else None
+    r.summary["status"] = "pruned" if r.pruning is not None and r.pruning.pruned else "completed"
+    if r.plan.debug:  # fast_dev_run: a smoke test of the code path, not a result
+        r.summary["status"] = "debug"
+
+
+def run(
+    cfg: DictConfig, output_dir: str | Path, choices: dict | None = None, multirun: bool = False
+) -> dict:
+    """Train and test one configuration; always leaves summary.json in ``output_dir``.
+
+    Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
+    fails writes its own error log and a failed summary (the others are then stopped)."""
+    with recorded(cfg, Path(output_dir), choices) as r:
+        prepare(r, multirun)
+        fit(r)
+        evaluate(r)
+    return r.summary
 
 
 def _write_statement(out: Path, summary: dict, facts: RunFacts) -> None:

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["dataset", "model", "clipping", "finetune", "sampler", "privacy", "optimizer",
-          "trainer", "logger"]  # fmt: skip
+          "trainer", "logger", "callbacks"]  # fmt: skip
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -42,6 +42,10 @@ def build(cfg, group: str, tmp_path: Path):
         import torch
 
         return instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+    if group == "callbacks":
+        from dpresearch.train import build_callbacks
+
+        return build_callbacks(node)
     return instantiate(node)
 
 

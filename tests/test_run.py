@@ -174,6 +174,15 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
         (["+trainer.barebones=true"], "trainer.barebones"),
         (["+trainer.overfit_batches=2"], "trainer.overfit_batches"),
         (["+trainer.limit_train_batches=0.01"], "trainer.limit_train_batches"),
+        (["+callbacks.odd={_target_:collections.OrderedDict}"], "callbacks.odd .* neither"),
+        (
+            [
+                "privacy=none",
+                "+callbacks.canaries={_target_:dpresearch.privacy.auditing.GradientCanaries,"
+                "canaries:10,seed:0}",
+            ],
+            "callbacks.canaries observes DP steps, so it needs a DP run",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_refused_before_training(compose_cfg, tmp_path, overrides, match) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dpresearch.privacy.budget import BudgetGuard
 from dpresearch.privacy.step import StepHook
+from dpresearch.privacy.strategy import DPStrategy
 from tests.conftest import dp_strategy, fit_batches
 
 
@@ -15,7 +17,7 @@ class Recorder(StepHook):
     def __init__(self):
         self.clipped, self.released, self.strategy = [], [], None
 
-    def setup(self, strategy) -> None:
+    def on_engine(self, strategy) -> None:
         self.strategy = strategy
 
     def on_clipped_sum(self, sums):
@@ -55,3 +57,32 @@ def test_noise_factor_scales_the_noise_and_nothing_else() -> None:
     for clipped, released in zip(hook.clipped, hook.released):
         for c, r in zip(clipped, released):
             torch.testing.assert_close(c, r)
+
+
+def test_budget_guard_is_a_step_hook_and_hooks_run_around_each_step() -> None:
+    calls = []
+
+    class Order(StepHook):
+        def before_training(self, strategy):
+            calls.append("start")
+
+        def before_step(self, strategy):
+            calls.append(f"before {strategy.dp_steps}")
+
+        def on_clipped_sum(self, sums):
+            calls.append("sum")
+
+        def on_release(self, sums):
+            calls.append("release")
+
+        def after_step(self, strategy):
+            calls.append(f"after {strategy.dp_steps}")
+
+    strategy = _train(Order(), noise=1.0)
+    assert calls[:6] == ["start", "before 0", "sum", "release", "after 1", "before 1"]
+    assert calls.count("release") == 3 and calls[-1] == "after 3"
+    assert strategy.budget is None and not strategy.stopped_by_budget  # sigma given, no target
+    guarded = DPStrategy(noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=4,
+                         sample_rate=0.1, delta=1e-5, accountant="rdp",
+                         max_physical_batch_size=4, noise_seed=0, target_epsilon=3.0)  # fmt: skip
+    assert isinstance(guarded.budget, BudgetGuard) and guarded.budget in guarded.step_hooks

@@ -1,7 +1,7 @@
 """All of the DP machinery: accounting, clipping specs, engines, and the training strategy.
 
-The rest of the package talks to it through ``make_plan``, ``build_strategy`` and the
-``PrivacyMetrics`` callback.
+The rest of the package talks to it through ``make_plan``, ``choose_engine``,
+``build_strategy`` and the ``PrivacyMetrics`` and ``PrivacyState`` callbacks.
 """
 
 from dpresearch.privacy.accounting import (
@@ -11,7 +11,7 @@ from dpresearch.privacy.accounting import (
     compute_epsilon,
 )
 from dpresearch.privacy.callback import PrivacyMetrics, PrivacyState
-from dpresearch.privacy.plan import PrivacyPlan, build_strategy, make_plan
+from dpresearch.privacy.plan import PrivacyPlan, build_strategy, choose_engine, make_plan
 from dpresearch.privacy.spec import (
     Clipping,
     DPSpec,
@@ -19,11 +19,16 @@ from dpresearch.privacy.spec import (
     NoPrivacy,
     PrivacyConfigError,
 )
-from dpresearch.privacy.strategy import DPSGD, DPStrategy, PhysicalBatching, PhysicalBatchStrategy
+from dpresearch.privacy.strategy import (
+    DPStepping,
+    DPStrategy,
+    PhysicalBatching,
+    PhysicalBatchStrategy,
+)
 
 __all__ = [
     "AccountingError",
-    "DPSGD",
+    "DPStepping",
     "DPSpec",
     "DPStrategy",
     "EpsilonResult",
@@ -37,6 +42,7 @@ __all__ = [
     "PrivacyState",
     "PrivacyPlan",
     "build_strategy",
+    "choose_engine",
     "calibrate_noise",
     "compute_epsilon",
     "make_plan",

@@ -14,16 +14,22 @@ Several guess counts may be tried; each is tested at (1 - confidence) / (number 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from scipy import stats
 from torch.nn import functional as F
 
 from dpresearch.data.base import TensorSet, take
 from dpresearch.privacy.step import StepHook
+
+CANARIES = "canaries.json"  # what an audited run leaves for the auditor: inclusion and scores
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -99,10 +105,11 @@ def audit(
                        int(included.sum()), confidence, delta, rows)  # fmt: skip
 
 
-class Canaries(StepHook):
-    """What an audit adds to a run: canaries in the data (``prepare_data``), in each DP step
-    (a ``StepHook``: ``setup``, ``on_clipped_sum``, ``on_release``), and scores after training
-    (``finish``).
+class Canaries(StepHook, pl.Callback):
+    """What an audit adds to a run, as an entry of its ``callbacks`` group: canaries in the
+    data (``on_train_set``), in each DP step (a ``StepHook``: ``on_engine``,
+    ``on_clipped_sum``, ``on_release``), and scores after training (``finish``, written to
+    ``canaries.json`` in the run folder for the auditor).
     Each is included independently with probability 1/2 (``included``); ``scores`` are higher
     for canaries that look included.
 
@@ -124,7 +131,7 @@ class Canaries(StepHook):
         self.scores = torch.zeros(canaries, dtype=torch.float64)
         self.steps = 0
 
-    def prepare_data(self, datamodule) -> None:
+    def on_train_set(self, datamodule) -> None:
         """Called once the DataModule has its splits, before the privacy plan."""
 
     def on_release(self, sums: list[torch.Tensor]) -> None:
@@ -132,6 +139,16 @@ class Canaries(StepHook):
 
     def finish(self, module: torch.nn.Module) -> None:
         """The trained LightningModule, after the last step."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish(pl_module)
+        if trainer.is_global_zero:
+            record = {"included": self.included.tolist(), "scores": self.scores.tolist(),
+                      "steps": self.steps}  # fmt: skip
+            path = Path(trainer.default_root_dir) / CANARIES
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record) + "\n")
+            os.replace(tmp, path)
 
 
 class GradientCanaries(Canaries):
@@ -151,7 +168,7 @@ class GradientCanaries(Canaries):
         super().__init__(canaries, seed, sabotage)
         self.signs = torch.randint(0, 2, (canaries,), generator=self.generator) * 2.0 - 1.0
 
-    def setup(self, strategy) -> None:
+    def on_engine(self, strategy) -> None:
         params = strategy.engine.params
         sample_rate, clip = strategy.sample_rate, strategy.max_grad_norm
         total = sum(p.numel() for p in params)
@@ -188,7 +205,7 @@ class InputCanaries(Canaries):
     Sabotage ``clipping`` switches per-example clipping off for every example.
     """
 
-    def prepare_data(self, datamodule) -> None:
+    def on_train_set(self, datamodule) -> None:
         train = datamodule.train_set
         n, classes = len(train), datamodule.num_classes
         if self.m > n // 2:
@@ -209,7 +226,7 @@ class InputCanaries(Canaries):
             train.transform,
         )
 
-    def setup(self, strategy) -> None:
+    def on_engine(self, strategy) -> None:
         if self.sabotage == "clipping":
             strategy.engine.factors = torch.ones_like  # every example keeps its whole gradient
 

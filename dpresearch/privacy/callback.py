@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from dpresearch.privacy.spec import PrivacyConfigError
-from dpresearch.privacy.strategy import DPSGD
+from dpresearch.privacy.strategy import DPStepping
 
 
 class PrivacyMetrics(pl.Callback):
@@ -17,12 +17,12 @@ class PrivacyMetrics(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         strategy = trainer.strategy
-        if isinstance(strategy, DPSGD) and not trainer.sanity_checking:
+        if isinstance(strategy, DPStepping) and not trainer.sanity_checking:
             pl_module.log("epsilon", strategy.epsilon().epsilon, prog_bar=True, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         strategy = trainer.strategy
-        if not isinstance(strategy, DPSGD):
+        if not isinstance(strategy, DPStepping):
             return
         eps = strategy.epsilon()
         pl_module.log("epsilon", eps.epsilon, prog_bar=True, sync_dist=True)
@@ -38,12 +38,12 @@ class PrivacyState(pl.Callback):
     KEY = "dp_state"
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        if isinstance(trainer.strategy, DPSGD):
+        if isinstance(trainer.strategy, DPStepping):
             checkpoint[self.KEY] = trainer.strategy.dp_state_dict()
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         strategy = trainer.strategy
-        if not isinstance(strategy, DPSGD):
+        if not isinstance(strategy, DPStepping):
             return
         if self.KEY not in checkpoint:
             raise PrivacyConfigError(

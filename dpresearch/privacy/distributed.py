@@ -5,7 +5,7 @@ torchrun), reads ranks from the cluster environment and sets up the process grou
 of that. What we do not keep is the ``DistributedDataParallel`` wrapper: it all-reduces raw
 gradients during every backward pass, before any per-example clipping could happen, and once
 per physical batch. Instead each process clips its own examples into a local sum
-(``PhysicalBatching``/``DPSGD``), and the sums of all processes are all-reduced once per
+(``PhysicalBatching``/``DPStepping``), and the sums of all processes are all-reduced once per
 logical step, in one flat buffer (``_reduce_with_count``). Rank 0 alone adds the noise before
 that reduction, so the reduced gradient carries one draw of std sigma*C, not one per process.
 Parameters start equal on every process (broadcast from rank 0) and stay equal because every
@@ -26,7 +26,7 @@ import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
-from dpresearch.privacy.strategy import DPSGD, PhysicalBatching
+from dpresearch.privacy.strategy import DPStepping, PhysicalBatching
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,6 @@ class DDPPhysicalBatchStrategy(DataParallel, PhysicalBatching, DDPStrategy):
         super().__init__(max_physical_batch_size=max_physical_batch_size, **ddp)
 
 
-class DDPDPStrategy(DataParallel, DPSGD, DDPStrategy):
+class DDPDPStrategy(DataParallel, DPStepping, DDPStrategy):
     """DP-SGD over many processes: per-example clipping on each rank, one reduction, one noise
     draw per logical step, one accountant step."""

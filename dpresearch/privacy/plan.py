@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from omegaconf import DictConfig
@@ -93,6 +93,18 @@ def make_plan(
     return plan
 
 
+def choose_engine(
+    plan: PrivacyPlan, model: nn.Module, clipping: Clipping, check: Check | None
+) -> PrivacyPlan:
+    """The plan with its DP engine chosen (clipping.engine=auto resolved) after the engine
+    self-check (``check``; None: clipping.self_check=false), and the check's record."""
+    if not plan.private:
+        return plan
+    engine, results = select_engine(model, clipping.engine, clipping.per_layer, check)
+    return replace(plan, engine=engine,
+                   self_check=self_check_record(engine, results, check is not None))  # fmt: skip
+
+
 def self_check_record(engine: str, results: dict, enabled: bool) -> dict:
     """summary.json's ``self_check``: the chosen engine's result, and every engine tried."""
     if not enabled:
@@ -112,16 +124,13 @@ def build_strategy(
     privacy: DPSpec | NoPrivacy,
     clipping: Clipping,
     sampling: Sampling,
-    model: nn.Module,
     device: torch.device,
     seed: int,
     ddp: dict | None = None,
-    check: Check | None = None,
 ) -> PhysicalBatching:
-    """The Lightning strategy for the plan: one device, or with ``ddp`` (the trainer group's
-    ``ddp`` node: backend, timeout_s) data parallel over Lightning's DDP processes, where
-    Lightning picks each process's device. ``check`` runs the engine self-check (None: it
-    is off, clipping.self_check=false)."""
+    """The Lightning strategy for the plan (a private plan's engine chosen: ``choose_engine``):
+    one device, or with ``ddp`` (the trainer group's ``ddp`` node: backend, timeout_s) data
+    parallel over Lightning's DDP processes, where Lightning picks each process's device."""
     if ddp is not None:
         from dpresearch.privacy.distributed import DDPDPStrategy, DDPPhysicalBatchStrategy
 
@@ -132,8 +141,8 @@ def build_strategy(
         single, private = PhysicalBatchStrategy, DPStrategy
     if not plan.private:
         return single(sampling.max_physical_batch_size, **where)
-    plan.engine, results = select_engine(model, clipping.engine, clipping.per_layer, check)
-    plan.self_check = self_check_record(plan.engine, results, check is not None)
+    if plan.engine is None:
+        raise ValueError("a private plan needs its engine chosen first (choose_engine)")
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else seed + 1
     return private(
         noise_multiplier=plan.noise_multiplier,

@@ -9,7 +9,8 @@
 
 Each stage is a function of what it needs, so a strategy, the benchmark and the next noise
 mechanisms call the same code. ``StepHook`` is the one extension point: what observes or
-changes a step implements some of its methods (the audit's canaries today).
+changes a step implements some of its methods: the budget guard (``privacy.budget``) and
+the audit's canaries.
 """
 
 from __future__ import annotations
@@ -26,18 +27,29 @@ from dpresearch.privacy.noise import add_noise
 
 class StepHook:
     """Observes (or, in a deliberately broken audit run, alters) each DP step. Every method
-    is a no-op by default; a hook overrides what it needs."""
+    is a no-op by default; a hook overrides what it needs. The names differ from Lightning's
+    Callback hooks, so one object may be both (the audit's canaries are)."""
 
     noise_factor = 1.0  # multiplies the noise std: 1, or 0 in a sabotaged audit run
 
-    def setup(self, strategy: Any) -> None:
+    def on_engine(self, strategy: Any) -> None:
         """Once the strategy's engine exists, before the first step."""
+
+    def before_training(self, strategy: Any) -> None:
+        """When training starts (after a resume's DP state is loaded), before any step; may
+        refuse the run by raising."""
+
+    def before_step(self, strategy: Any) -> None:
+        """Before each DP step's first physical batch; may refuse the step by raising."""
 
     def on_clipped_sum(self, sums: list[torch.Tensor]) -> None:
         """The step's clipped sum on this process, before noise (may add to it in place)."""
 
     def on_release(self, sums: list[torch.Tensor]) -> None:
         """The step's noised sum over all processes: what the step releases."""
+
+    def after_step(self, strategy: Any) -> None:
+        """After the step is counted (``strategy.dp_steps``); may stop training."""
 
 
 def accumulate(engine: Engine, physical_steps: Iterable[tuple[Any, Callable[[], Any]]]) -> Any:

@@ -13,7 +13,7 @@ so memory is bounded whatever the sampling rate, and accumulates before the sing
 
 Both run every physical batch's forward and backward inside ``training_step`` and hand the
 optimizer its gradient in ``backward``, after Lightning's ``zero_grad``. The behaviour lives in
-two mixins (``PhysicalBatching``, ``DPSGD``) so that the same code runs on one device here and
+two mixins (``PhysicalBatching``, ``DPStepping``) so that the same code runs on one device here and
 on many processes in ``dpresearch.privacy.distributed``: there, ``_reduce_with_count``
 all-reduces the local sums once per logical step, and only rank 0 adds noise, before that
 reduction.
@@ -32,8 +32,9 @@ from pytorch_lightning.strategies import SingleDeviceStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 
 from dpresearch.data.padding import count_real
-from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon, steps_within_budget
+from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
 from dpresearch.privacy.batching import batch_size, split_batch
+from dpresearch.privacy.budget import BudgetGuard
 from dpresearch.privacy.engines import Engine, make_engine
 from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
 from dpresearch.privacy.step import StepHook, accumulate, clipped_sum, gradients, noised, release
@@ -48,17 +49,6 @@ def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
         return output["example_losses"].sum()
     loss = output["loss"] if isinstance(output, dict) else output
     return loss * batch_size(chunk)
-
-
-def minimum_steps(trainer: pl.Trainer) -> int:
-    """The optimizer steps Lightning runs whatever ``should_stop`` says (min_steps and
-    min_epochs, counted from the start of the run, like the DP steps)."""
-    min_steps = trainer.fit_loop.min_steps or 0
-    min_epochs = trainer.fit_loop.min_epochs or 0
-    per_epoch = trainer.num_training_batches
-    if not isinstance(per_epoch, int):  # inf: an iterable without length
-        per_epoch = 0
-    return max(min_steps, min_epochs * per_epoch)
 
 
 class PhysicalBatching:
@@ -122,8 +112,10 @@ class PhysicalBatching:
         return closure_loss
 
 
-class DPSGD(PhysicalBatching):
-    """Mixin: DP-SGD. Clipped sums from a DP engine, noise once per logical step, accounting."""
+class DPStepping(PhysicalBatching):
+    """Mixin for a Lightning Strategy: each optimizer step is a DP-SGD step (clipped sums
+    from a DP engine, noise once per logical step, accounting), run as the stages of
+    ``dpresearch.privacy.step``; ``StepHook``s observe them (the budget guard is one)."""
 
     def __init__(
         self,
@@ -164,11 +156,12 @@ class DPSGD(PhysicalBatching):
         self._pending = False
         self._epsilon_cache: tuple[int, EpsilonResult] | None = None
         self._restored_generator: torch.Tensor | None = None
-        self.max_dp_steps: int | None = None  # the budget guard's limit
         self.planned_steps: int | None = None  # the steps the trainer will run (all of them)
         self.resumed_steps = 0
-        self.stopped_by_budget = False
-        self.step_hooks: list[StepHook] = []  # what observes each step (an audit's canaries)
+        self.step_hooks: list[StepHook] = []  # what observes each step (see attach_step_hook)
+        self.budget = BudgetGuard(target_epsilon) if target_epsilon is not None else None
+        if self.budget is not None:
+            self.attach_step_hook(self.budget)
 
     def setup(self, trainer: pl.Trainer) -> None:
         super().setup(trainer)
@@ -180,7 +173,7 @@ class DPSGD(PhysicalBatching):
             self.engine_name, self.lightning_module, self.factors, self.per_layer
         )
         for hook in self.step_hooks:
-            hook.setup(self)
+            hook.on_engine(self)
         if self.randomness == "seeded":
             self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
             if self._restored_generator is not None:
@@ -190,6 +183,11 @@ class DPSGD(PhysicalBatching):
     def attach_step_hook(self, hook: StepHook) -> None:
         """Have ``hook`` observe every DP step (see ``dpresearch.privacy.step``)."""
         self.step_hooks.append(hook)
+
+    @property
+    def stopped_by_budget(self) -> bool:
+        """Whether training ended early because the target epsilon was reached."""
+        return self.budget is not None and self.budget.stopped
 
     # --- resuming: the DP state a checkpoint carries -------------------------------------
     def dp_state_dict(self) -> dict:
@@ -244,13 +242,10 @@ class DPSGD(PhysicalBatching):
                 self._generator.set_state(self._restored_generator)
                 self._restored_generator = None
 
-    # --- the budget guard ---------------------------------------------------------------
+    # --- the steps ---------------------------------------------------------------------
     def on_train_start(self) -> None:
-        """With a target epsilon, find the last step within it and stop before any step
-        beyond it (a resumed run may already be there). Refused before any step: a resume
-        whose target is below what was already spent, and Lightning minimums (min_epochs,
-        min_steps) that would force steps past the budget (Lightning ignores should_stop until
-        they are met)."""
+        """Check the run's length against the calibration, then let the hooks refuse the run
+        before any step (the budget guard: a resume past the target, forced extra steps)."""
         super().on_train_start()
         trainer = self.lightning_module.trainer
         self.planned_steps = int(trainer.estimated_stepping_batches)
@@ -261,48 +256,12 @@ class DPSGD(PhysicalBatching):
                 f"{self.planned_steps}: a trainer setting changes the run's length in a way the "
                 "privacy plan does not follow; remove it or set privacy.noise_multiplier"
             )
-        if self.target_epsilon is None:
-            return
-        self.max_dp_steps = steps_within_budget(
-            self.target_epsilon, self.sample_rate, self.noise_multiplier, self.planned_steps,
-            self.delta, self.accountant,
-        )  # fmt: skip
-        spent = self.epsilon().epsilon
-        if spent > self.target_epsilon:
-            raise PrivacyConfigError(
-                f"the checkpoint already spent epsilon {spent:.4f} ({self.dp_steps} steps), more "
-                f"than this run's privacy.target_epsilon={self.target_epsilon}: resuming cannot "
-                f"lower what was spent; resume with a target of at least {spent:.4f}"
-            )
-        forced = minimum_steps(trainer)
-        if forced > self.max_dp_steps:
-            raise PrivacyConfigError(
-                f"trainer.min_epochs/min_steps force {forced} steps, but the privacy budget "
-                f"(target epsilon {self.target_epsilon}) allows {self.max_dp_steps}: lower "
-                "trainer.min_epochs / trainer.min_steps, or raise privacy.target_epsilon"
-            )
-        self._stop_if_spent()
-
-    def _stop_if_spent(self) -> None:
-        trainer = self.lightning_module.trainer
-        if self.max_dp_steps is None or self.dp_steps < self.max_dp_steps:
-            return
-        if self.dp_steps < trainer.estimated_stepping_batches:
-            self.stopped_by_budget = True
-            log.warning(
-                "privacy budget reached: %d DP steps give epsilon %.4f of the target %.4f; "
-                "stopping before step %d of %d (the run is saved as it is)",
-                self.dp_steps, self.epsilon().epsilon, self.target_epsilon, self.dp_steps + 1,
-                int(trainer.estimated_stepping_batches),
-            )  # fmt: skip
-        trainer.should_stop = True
+        for hook in self.step_hooks:
+            hook.before_training(self)
 
     def training_step(self, *args: Any, **kwargs: Any):
-        if self.max_dp_steps is not None and self.dp_steps >= self.max_dp_steps:
-            raise RuntimeError(  # the last line of defence: on_train_start refuses settings
-                f"refusing DP step {self.dp_steps + 1}: the budget allows {self.max_dp_steps} "
-                f"(target epsilon {self.target_epsilon}); a Lightning loop setting kept training"
-            )
+        for hook in self.step_hooks:
+            hook.before_step(self)
         output = accumulate(self.engine, self._physical_steps(args, kwargs))
         self._local_examples = count_real(args[0])
         self._pending = True
@@ -326,7 +285,8 @@ class DPSGD(PhysicalBatching):
             p.grad = g
         self._pending = False
         self.dp_steps += 1
-        self._stop_if_spent()
+        for hook in self.step_hooks:
+            hook.after_step(self)
         return closure_loss
 
     def epsilon(self) -> EpsilonResult:
@@ -352,7 +312,7 @@ class PhysicalBatchStrategy(PhysicalBatching, SingleDeviceStrategy):
         super().__init__(max_physical_batch_size, device=torch.device(device))
 
 
-class DPStrategy(DPSGD, SingleDeviceStrategy):
+class DPStrategy(DPStepping, SingleDeviceStrategy):
     """DP-SGD on one device."""
 
     def __init__(self, *, device: str | torch.device = "cpu", **dp: Any):

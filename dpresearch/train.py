@@ -7,10 +7,11 @@ import inspect
 import logging
 import math
 import os
+import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,16 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from dpresearch.checkpointing import LAST, RandomState, checkpoint_callback, resume_path
+from dpresearch.atomic import write_atomic
+from dpresearch.checkpointing import LAST, AtomicCheckpointIO, RandomState, checkpoint_callback
 from dpresearch.compiling import compile_model
+from dpresearch.config_types import check_config_types
+from dpresearch.divergence import Diverged, DivergenceGuard
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule, classification_losses
+from dpresearch.preemption import PREEMPTED_EXIT, Preempted, Preemption
 from dpresearch.privacy import (
     DPStepping,
     PhysicalBatching,
@@ -44,6 +50,14 @@ from dpresearch.privacy.statement import (
     statement_markdown,
 )
 from dpresearch.privacy.step import StepHook
+from dpresearch.run_folder import (
+    attempt_number,
+    existing_run,
+    locked,
+    record_names,
+    resume_path,
+    summary_name,
+)
 from dpresearch.tracking.callbacks import (
     MetricsRecorder,
     Throughput,
@@ -122,10 +136,16 @@ def process_rank(trainer: pl.Trainer | None) -> int:
 
 
 def check_optimizer(node: DictConfig) -> None:
-    """A learning rate torch would take (or reject only once training starts) is refused now."""
+    """Settings torch would take (a learning rate of 0 or nan) or reject only once training
+    starts (a negative momentum or weight decay) are refused now."""
     lr = node.get("lr")
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"optimizer.lr must be a positive finite number, got {lr}")
+    try:  # the optimizer on a stand-in parameter: its own checks, before anything is built
+        instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError, RuntimeError) as err:
+        given = ", ".join(f"optimizer.{k}={v}" for k, v in node.items() if not k.startswith("_"))
+        raise ValueError(f"the optimizer refuses its settings ({given}): {err}") from None
 
 
 def trial_pruning(cfg: DictConfig):
@@ -247,55 +267,101 @@ class Run:
     strategy: PhysicalBatching | None = None
     plan: PrivacyPlan | None = None
     pruning: Any = None
+    attempt: int = 0  # 0: the folder's first start; N: its N-th resume
+    write_records: bool = False  # False until the folder is known to take this run
+    preemption: Preemption = field(default_factory=Preemption)
 
 
 @contextmanager
 def recorded(cfg: DictConfig, out: Path, choices: dict | None) -> Iterator[Run]:
-    """The run's records, however it ends: config.yaml first; then summary.json, the privacy
-    statement and the wandb run closed whether the stages finish or raise (a failure also
-    writes this rank's error log, and is raised again)."""
+    """The run's records, however it ends. Rank 0 locks the folder and decides what to resume
+    before anything is written (a refusal there leaves a folder holding a run untouched);
+    then the attempt's config; then, whether the stages finish or raise, its summary, the
+    privacy statement and the wandb run closed. A failure also writes this rank's error log
+    and is raised again; a stop signal ends as "preempted" with exit status 75."""
     out.mkdir(parents=True, exist_ok=True)
+    rank = process_rank(None)
     r = Run(cfg, out, dict(choices or {}),
             {"experiment": cfg.get("name"), "seed": cfg.seed, "status": "running",
              "output_dir": str(out)})  # fmt: skip
-    if process_rank(None) == 0:
-        if cfg.get("print_config", False):
-            print_config(cfg)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    try:
-        yield r
-    except BaseException as err:
-        r.summary.update(
-            record_failure(out, process_rank(r.trainer), err, traceback.format_exc(), r.born)
-        )
-        raise
-    finally:
-        _finish_records(r)
+    if threading.current_thread() is threading.main_thread():
+        r.preemption.install()
+    with ExitStack() as folder:
+        try:
+            if rank == 0:
+                folder.enter_context(locked(out))
+                r.write_records = existing_run(out) is None  # an empty folder may take them
+            r.ckpt_path = resume_path(cfg, out, check_folder=rank == 0)
+            own = r.ckpt_path is not None and Path(r.ckpt_path).parent == out / "checkpoints"
+            r.attempt = attempt_number(out) if own else 0
+            r.summary["attempt"] = r.attempt
+            r.write_records = True
+            if rank == 0:
+                if cfg.get("print_config", False):
+                    print_config(cfg)
+                OmegaConf.save(cfg, out / record_names(r.attempt)[0], resolve=True)
+            yield r
+        except BaseException as err:
+            if not r.write_records:
+                raise
+            stopped = isinstance(err, (Preempted, SIGTERMException))
+            if stopped:
+                r.summary.update(status="preempted", preempted_by=r.preemption.signal,
+                                 checkpoint=str(r.preemption.checkpoint or "") or None,
+                                 reason=_preempted_reason(r))  # fmt: skip
+            else:
+                r.summary.update(record_failure(out, process_rank(r.trainer), err,
+                                                traceback.format_exc(), r.born))  # fmt: skip
+                if isinstance(err, Diverged):
+                    r.summary["status"] = "diverged"
+            if stopped:
+                raise SystemExit(PREEMPTED_EXIT) from err
+            raise
+        finally:
+            r.preemption.restore()
+            if r.write_records:
+                _finish_records(r)
     if process_rank(r.trainer) == 0:
         print_summary(r.summary)
 
 
+def _preempted_reason(r: Run) -> str:
+    where = (f"saved {r.preemption.checkpoint}" if r.preemption.checkpoint
+             else "training had not started or nothing new was saved")  # fmt: skip
+    return (
+        f"{r.preemption.signal or 'a stop signal'}: {where}; continue with "
+        f"run.resume=auto in hydra.run.dir={r.out}"
+    )
+
+
 def _finish_records(r: Run) -> None:
-    summary, trainer = r.summary, r.trainer
+    summary, trainer, strategy = r.summary, r.trainer, r.strategy
     summary["train_examples_per_s"] = r.throughput.examples_per_s
     summary["peak_memory_mb"] = peak_memory_mb(
         trainer.strategy.root_device if trainer else torch.device("cpu")
     )
     summary["wall_s"] = time.perf_counter() - r.start
-    if summary["status"] == "failed":  # the steps taken, not the plan's
+    status = summary["status"]
+    if status in ("failed", "preempted", "diverged"):  # what was taken, not the plan's
         summary["steps"] = trainer.global_step if trainer is not None else None
-    if r.facts is not None and process_rank(trainer) == 0:
+        if isinstance(strategy, DPStepping) and strategy.dp_steps:  # spent so far
+            summary.update(steps=strategy.dp_steps, epsilon=strategy.epsilon().epsilon)
+    rank = process_rank(trainer)
+    if r.facts is not None and rank == 0:
         _write_statement(r.out, summary, r.facts)
-    if process_rank(trainer) == 0 or summary["status"] == "failed":
-        r.summary = write_summary(r.out / "summary.json", summary)
+    if rank == 0 or (status != "completed" and r.attempt == 0):
+        r.summary = write_summary(r.out / summary_name(r.attempt, status), summary)
         _finish_wandb(r.logger, r.summary)
+    if rank == 0 and r.attempt and status != "failed":  # the folder's config: the latest
+        config = r.out / record_names(r.attempt)[0]
+        write_atomic(r.out / "config.yaml", config.read_bytes())
 
 
 def prepare(r: Run, multirun: bool) -> None:
     """Config -> data, model, privacy plan, strategy, module, logger and trainer; every
     refusal of a bad configuration happens here, before the first step."""
     cfg, summary = r.cfg, r.summary
-    r.ckpt_path = resume_path(cfg, r.out)
+    check_config_types(cfg)
     check_optimizer(cfg.optimizer)
     r.checkpointing = bool(cfg.get("run", {}).get("checkpoint", True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -364,12 +430,14 @@ def prepare(r: Run, multirun: bool) -> None:
     if r.logger:  # wandb: in its config already; CSV: hparams.yaml beside metrics.csv
         r.logger.log_hyperparams({"nonprivate_metrics": list(nonprivate)})
     # What every run keeps, then the callbacks group's.
-    callbacks = [r.throughput, PrivacyMetrics(), PrivacyState(), RandomState(), recorder]
+    callbacks = [r.throughput, PrivacyMetrics(), PrivacyState(), RandomState(), recorder,
+                 r.preemption, DivergenceGuard(privacy.enabled)]  # fmt: skip
     if r.checkpointing:
         callbacks.append(checkpoint_callback(r.out))
     if r.pruning is not None:
         callbacks.append(r.pruning)
     callbacks += [obj for obj in extra.values() if isinstance(obj, pl.Callback)]
+    strategy.checkpoint_io = AtomicCheckpointIO()  # temporary file beside the target
     r.trainer = instantiate_trainer(
         cfg.trainer,
         strategy=strategy,

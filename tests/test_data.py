@@ -177,3 +177,28 @@ def test_augmentation_keeps_shape_and_changes_images() -> None:
     x = torch.randn(16, 3, 32, 32)
     out = dm.augmentation(x)
     assert out.shape == x.shape and not torch.equal(out, x)
+
+
+def test_damaged_image_files_are_refused_naming_them(tmp_path) -> None:
+    make_mnist(tmp_path / "a", "MNIST", n=60)
+    raw = tmp_path / "a" / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(50))  # 60 images, 50 labels
+    with pytest.raises(DataError, match=r"training files hold 60 images but 50 labels"):
+        module(MNISTDataModule, tmp_path / "a")
+    make_mnist(tmp_path / "b", "MNIST")
+    images = tmp_path / "b" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])  # cut short
+    with pytest.raises(DataError, match=rf"{images} is truncated or damaged"):
+        module(MNISTDataModule, tmp_path / "b")
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    make_cifar(tmp_path / "c", "cifar-10-batches-py", train, ["test_batch"], b"labels", 10)
+    batch = tmp_path / "c" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:200])
+    with pytest.raises(DataError, match=rf"{batch} is truncated or damaged"):
+        module(CIFAR10DataModule, tmp_path / "c")
+
+
+@pytest.mark.parametrize("fraction", [-0.2, 0.0, 1.0])
+def test_digits_test_fraction_must_leave_a_test_set(fraction) -> None:
+    with pytest.raises(ValueError, match=r"dataset.test_fraction must be in \(0, 1\), got"):
+        DigitsDataModule(test_fraction=fraction)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from fsspec.implementations.local import LocalFileOpener
 from scipy import stats
 
+from dpresearch import atomic
 from dpresearch.privacy import PrivacyConfigError, compute_epsilon
 from dpresearch.privacy.noise import secure_normal
 from dpresearch.train import run
@@ -78,24 +80,25 @@ def test_crash_mid_epoch_resumes_from_last_checkpoint(compose_cfg, tmp_path) -> 
 def test_crash_while_saving_keeps_the_previous_checkpoint(compose_cfg, tmp_path, monkeypatch):
     out = tmp_path / "run"
     writes = []
-    real_write = LocalFileOpener.write
+    real_write = atomic._write_file
 
-    def failing_write(self, data):  # the second checkpoint dies half written
-        if not str(self.path).endswith(".ckpt"):
-            return real_write(self, data)
+    def failing_write(path, data):  # the second checkpoint dies half written
+        if not re.search(r"\.ckpt\.\d+\.tmp$", path.name):
+            return real_write(path, data)
         writes.append(len(data))
         if len(writes) == 2:
-            real_write(self, data[: len(data) // 2])
-            raise OSError("disk full (simulated)")
-        return real_write(self, data)
+            real_write(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        return real_write(path, data)
 
-    monkeypatch.setattr(LocalFileOpener, "write", failing_write)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(atomic, "_write_file", failing_write)
+    with pytest.raises(OSError, match="No space left"):
         run(compose_cfg([*FAST, *SIGMA, "trainer.max_epochs=3"]), out)
     monkeypatch.undo()
     saved = last_checkpoint(out)  # whole and loadable: epoch 1's
     assert saved["epoch"] == 0 and saved["dp_state"]["dp_steps"] == 5
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    left = {p.name for p in (out / "checkpoints").iterdir()}
+    assert left <= {"last.ckpt", "last.ckpt.sha256", "previous.ckpt", "previous.ckpt.sha256"}
     resumed = run(compose_cfg([*FAST, *SIGMA, "trainer.max_epochs=3", "run.resume=true"]), out)
     assert resumed["status"] == "completed" and resumed["steps"] == 15
 
@@ -139,7 +142,11 @@ def test_budget_guard_cannot_be_bypassed(compose_cfg, tmp_path) -> None:
         PrivacyConfigError, match=r"already spent epsilon 2\.9\d+.*target_epsilon=1"
     ):
         run(compose_cfg([*resume, "privacy.target_epsilon=1"]), out)
-    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    # Each failed resume has its own record; the completed run's summary stays as it was.
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    for attempt in (1, 2, 3):
+        failed = json.loads((out / f"summary.resume_{attempt}.json").read_text())
+        assert failed["status"] == "failed" and failed["attempt"] == attempt
     assert last_checkpoint(out)["dp_state"]["dp_steps"] == first["steps"] == 10
     # Minimums within the budget are honoured.
     ok = run(compose_cfg([*resume, "privacy.target_epsilon=3.5", "+trainer.min_epochs=2"]), out)

@@ -175,6 +175,14 @@ def test_tiny_clip_moves_weights_at_most_lr_times_c() -> None:
         (["+trainer.overfit_batches=2"], "trainer.overfit_batches"),
         (["+trainer.limit_train_batches=0.01"], "trainer.limit_train_batches"),
         (["+callbacks.odd={_target_:collections.OrderedDict}"], "callbacks.odd .* neither"),
+        (["trainer.max_epochs=two"], r"trainer.max_epochs='two' is a str, but .* whole number"),
+        (["trainer.max_epochs=2.5"], r"trainer.max_epochs=2.5 is a float, but .* whole number"),
+        (["sampler.expected_batch_size=abc"], r"sampler.expected_batch_size='abc' is a str"),
+        (["privacy.delta=1e-5x"], r"privacy.delta='1e-5x' is a str, but privacy.delta takes a"),
+        (["clipping.self_check=maybe"], r"clipping.self_check='maybe' .* takes true or false"),
+        (["seed=x"], r"seed='x' is a str"),
+        (["optimizer=sgd", "optimizer.momentum=-0.5"], r"optimizer.momentum=-0.5.*momentum"),
+        (["optimizer.weight_decay=-1"], r"optimizer.weight_decay=-1\).*weight_decay value"),
         (
             [
                 "privacy=none",

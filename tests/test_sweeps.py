@@ -4,6 +4,7 @@ interruption, failed and pruned trials, the trials table and the heatmap's data.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import sqlite3
@@ -14,6 +15,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from dpresearch.report.runs import find_runs
+from dpresearch.sweeps.study import (
+    finished_trials,
+    heartbeats,
+    make_storage,
+    open_study,
+    started_trials,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=none", "print_config=false", "trainer.enable_progress_bar=false",
@@ -29,6 +39,10 @@ def sweep(sweep_dir: Path, *args: str, wait: bool = True):
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def summary_status(folder: Path) -> str | None:
+    return json.loads((folder / "summary.json").read_text()).get("status")
 
 
 def load(sweep_dir: Path, name: str = "digits_dp") -> optuna.Study:
@@ -51,7 +65,7 @@ def finished_in_db(db: Path) -> int:
 
 
 def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None:
-    args = ["hparams_search=lr_vs_clip", "hydra.sweeper.n_trials=5",
+    args = ["hparams_search=lr_vs_clip", "hydra.sweeper.n_trials=5", "hydra.sweeper.heartbeat_s=1",
             "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=2"]  # fmt: skip
     proc = sweep(tmp_path, *args, wait=False)
     deadline = time.time() + 300
@@ -92,6 +106,18 @@ def test_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path
     states = [t.state.name for t in trials]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
     assert "max_grad_norm" in trials[0].user_attrs["reason"]
+    # A diverging trial is not a result: FAIL, with the reason.
+    sweep(
+        tmp_path / "diverging",
+        "hparams_search=lr_only",
+        "hydra.sweeper.sampler.name=grid",
+        "hydra.sweeper.n_trials=1",
+        "trainer.max_epochs=1",
+        "~hydra.sweeper.params.lr",
+        "+hydra.sweeper.params.lr={key: optimizer.lr, type: categorical, choices: [1e30]}",
+    )
+    (diverged,) = load(tmp_path / "diverging").get_trials()
+    assert diverged.state.name == "FAIL" and "Diverged" in diverged.user_attrs["reason"]
 
 
 def test_hopeless_trials_are_pruned_during_training(tmp_path) -> None:
@@ -125,3 +151,67 @@ def test_every_hparams_search_composes_into_a_valid_sweeper(compose_cfg, search:
     sweeper = OptunaSweeperImpl(**{k: v for k, v in spec.items() if k != "study_name"})
     assert set(sweeper.space) <= {"optimizer.lr", "clipping.max_grad_norm"}
     make_sampler(sweeper.sampler_spec, sweeper.space)  # a grid has categorical values
+
+
+def test_a_study_keeps_one_search_space_and_a_restart_reseeds(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    lr = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    both = {**lr, "clipping.max_grad_norm": optuna.distributions.FloatDistribution(0.1, 10.0)}
+    spec = {"name": "random", "seed": 0}
+    study = open_study(url, "s", spec, both, optuna.pruners.NopPruner(), "maximize")
+    first = [study.ask(both) for _ in range(3)]
+    for t in first:
+        study.tell(t, 0.5)
+    with pytest.raises(
+        ValueError,
+        match=r"searches \{clipping.max_grad_norm in .*optimizer.lr"
+        r".*but this sweep searches \{optimizer.lr in",
+    ):
+        open_study(url, "s", spec, lr, optuna.pruners.NopPruner(), "maximize")
+    again = open_study(url, "s", spec, both, optuna.pruners.NopPruner(), "maximize")
+    proposed = again.ask(both).params  # the same seed, but not the first trial's point again
+    assert proposed not in [t.params for t in first]
+    with pytest.raises(ValueError, match=r"folder .*/missing does not exist; create it"):
+        make_storage(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    with pytest.raises(ValueError, match="folder .*/missing does not exist"):
+        make_storage(f"journal:///{tmp_path / 'missing' / 'x.log'}")
+
+
+def test_a_dead_workers_trial_becomes_fail_and_counts(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    args = ("s", {"name": "random", "seed": 0}, space, optuna.pruners.NopPruner(), "maximize", 1)
+    study = open_study(url, *args)
+    trial = study.ask(space)
+    with heartbeats(study, [trial._trial_id]):
+        time.sleep(0.2)  # one beat, then the worker "dies"
+    assert started_trials(study) == 1 and finished_trials(study) == 0
+    time.sleep(3.5)  # three missed beats
+    reopened = open_study(url, *args)
+    (stale,) = reopened.get_trials()
+    assert stale.state == optuna.trial.TrialState.FAIL and finished_trials(reopened) == 1
+
+
+def test_a_stopped_sweep_leaves_no_trial_running(tmp_path) -> None:
+    args = ["hparams_search=lr_only", "hydra.sweeper.n_trials=3", "trainer.max_epochs=30"]
+    proc = sweep(tmp_path, *args, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob("0/metrics.jsonl")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 75  # preempted: slurm/ requeues it
+    (trial,) = load(tmp_path).get_trials()
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "the sweep stopped" in trial.user_attrs["reason"]
+    assert summary_status(tmp_path / "0") == "preempted"
+
+
+def test_the_report_skips_a_truncated_summary_naming_it(tmp_path, caplog) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for folder in (good, bad):
+        folder.mkdir()
+    (good / "summary.json").write_text('{"status": "completed"}')
+    (bad / "summary.json").write_text('{"status": "compl')
+    runs = find_runs([tmp_path])
+    assert [r.folder for r in runs] == [good]
+    assert f"skipping {bad}" in caplog.text

@@ -71,3 +71,26 @@ def test_hub_dataset_offline_is_one_clear_error() -> None:
     dm = HFTextDataset(path="glue", subset="sst2", tokenizer=MINILM, num_classes=2)
     with pytest.raises(DataError, match="sentiment_templates|pip install"):
         dm.read()
+
+
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        ("holes.csv", "text,label\nhello,0\nbye,\nagain,1\n",
+         r"holes.csv, line 3: no value in column\(s\) \['label'\]"),
+        ("short.csv", "text,label\nhello,0\nbye\n", r"short.csv, line 3: no value .*'label'"),
+        ("header.csv", "text,label\n", r"header.csv has a header \(.*'label'\]\) but no rows"),
+        ("holes.jsonl", '{"text": "a", "label": 0}\n\n{"text": "b"}\n',
+         r"holes.jsonl, line 3: no value in column\(s\) \['label'\]"),
+        ("broken.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "lab\n',
+         r"broken.jsonl, line 2: Unterminated string"),
+        ("broken.json", '[{"text": "a", "label": 0},\n {"text": "b" "label": 1}]',
+         r"broken.json, line 2: Expecting ','"),
+        ("latin1.csv", "text,label\ncaf\xe9,0\n".encode("latin-1"), r"latin1.csv is not UTF-8"),
+    ],
+)  # fmt: skip
+def test_bad_text_files_are_refused_naming_file_and_line(tmp_path, name, content, match) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=match):
+        TextFiles(train=str(path), test=str(path), tokenizer=MINILM, num_classes=2).read()

@@ -16,6 +16,8 @@ class DigitsDataModule(ClassificationDataModule):
 
     def __init__(self, *args, test_fraction: float = 0.2, **kwargs):
         super().__init__(*args, **kwargs)
+        if not 0.0 < test_fraction < 1.0:  # 0 would leave no test set: test_accuracy null
+            raise ValueError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = test_fraction
         self._transform = normalizer([0.3], [0.38], scale=16.0)
 

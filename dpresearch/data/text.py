@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -212,17 +213,50 @@ class HFTextDataset(TextDataModule):
         return texts, list(split[self.label_column])
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path) -> list[tuple[str, dict]]:
+    """The file's rows, each with where it is (``line N`` of a CSV or JSONL, ``item N`` of a
+    JSON list), so every later complaint can name its place."""
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist; set dataset.train / dataset.test")
+    if path.suffix not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"dataset file {path}: use .csv, .json (a list of objects) or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"dataset file {path} is not UTF-8 text ({err}); re-save it as UTF-8"
+        ) from None
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            rows = [(f"line {reader.line_num}", row) for row in reader]
+        except csv.Error as err:
+            raise DataError(f"dataset file {path}, line {reader.line_num}: {err}") from None
+        if not rows:
+            raise DataError(f"dataset file {path} has a header ({reader.fieldnames}) but no rows")
+        return rows
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    raise DataError(f"dataset file {path}: use .csv, .json (a list of objects) or .jsonl")
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((f"line {number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"dataset file {path}, line {number}: {err.msg}") from None
+    else:
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"dataset file {path}, line {err.lineno}: {err.msg}") from None
+        if not isinstance(items, list):
+            raise DataError(f"dataset file {path} must hold a list of objects")
+        rows = [(f"item {i}", item) for i, item in enumerate(items)]
+    if not rows:
+        raise DataError(f"dataset file {path} holds no rows")
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"dataset file {path}, {where}: expected an object, got {row!r:.60}")
+    return rows
 
 
 class TextFiles(TextDataModule):
@@ -253,15 +287,26 @@ class TextFiles(TextDataModule):
         self.label_source = "config" if self.labels is not None else None
 
     def read(self):
-        train, test = _read_rows(self.train_path), _read_rows(self.test_path)
-        for path, rows in ((self.train_path, train), (self.test_path, test)):
-            missing = {*self.text_columns, self.label_column} - set(rows[0] if rows else {})
+        located = {self.train_path: _read_rows(self.train_path),
+                   self.test_path: _read_rows(self.test_path)}  # fmt: skip
+        for path, rows in located.items():
+            columns = [*self.text_columns, self.label_column]
+            missing = set(columns) - set(rows[0][1])
             if missing:
-                has = sorted(rows[0]) if rows else []
                 raise DataError(
-                    f"{path} has no column(s) {sorted(missing)} (its columns: {has}); set "
-                    "dataset.text_columns=[...] and dataset.label_column=... to its columns"
+                    f"{path} has no column(s) {sorted(missing)} (its columns: "
+                    f"{sorted(rows[0][1])}); set dataset.text_columns=[...] and "
+                    "dataset.label_column=... to its columns"
                 )
+            for where, row in rows:  # a hole would become a class "None" or an empty text
+                empty = [c for c in columns if row.get(c) is None or str(row[c]).strip() == ""]
+                if empty:
+                    raise DataError(
+                        f"{path}, {where}: no value in column(s) {empty}; fill them in or "
+                        "remove the row"
+                    )
+        train = [row for _, row in located[self.train_path]]
+        test = [row for _, row in located[self.test_path]]
         raw = [r[self.label_column] for r in train + test]
         as_int = self.labels is None and all(str(v).lstrip("-").isdigit() for v in raw)
         if self.labels is not None:

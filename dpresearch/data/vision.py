@@ -28,6 +28,12 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an unsigned-byte idx file (magic {magic:#x})")
     ndim = magic & 0xFF
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    held, needed = len(data) - 4 - 4 * ndim, int(np.prod(shape))
+    if held != needed:
+        raise DataError(
+            f"{path} is truncated or damaged: its header says {shape} ({needed} bytes) but it "
+            f"holds {held}; download it again (dataset.download=true)"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -90,6 +96,19 @@ class VisionDataModule(ClassificationDataModule):
     def load(self):
         self.prepare_data()
         x, y, x_test, y_test = self.read()
+        for split, inputs, labels in (("training", x, y), ("test", x_test, y_test)):
+            if len(inputs) != len(labels):
+                raise DataError(
+                    f"{self.name} in {self.data_dir.resolve()}: the {split} files hold "
+                    f"{len(inputs)} images but {len(labels)} labels (truncated, or from "
+                    "different versions); download them again (dataset.download=true)"
+                )
+            bad = [int(v) for v in np.unique(labels) if not 0 <= v < self.num_classes]
+            if bad:
+                raise DataError(
+                    f"{self.name} in {self.data_dir.resolve()}: {split} labels {bad[:5]} are "
+                    f"outside 0..{self.num_classes - 1}; the files are damaged"
+                )
         return (
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.asarray(y, dtype=np.int64)),
@@ -172,8 +191,15 @@ class CIFAR10DataModule(VisionDataModule):
     def _read_batches(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for name in files:
-            with open(self.data_dir / self.folder / name, "rb") as f:
-                entry = pickle.load(f, encoding="bytes")
+            path = self.data_dir / self.folder / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="bytes")
+            except (pickle.UnpicklingError, EOFError, ValueError) as err:
+                raise DataError(
+                    f"{path} is truncated or damaged ({type(err).__name__}: {err}); "
+                    "download it again (dataset.download=true)"
+                ) from None
             xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(entry[self.label_key]))
         return np.concatenate(xs), np.concatenate(ys)

@@ -5,7 +5,10 @@ bookkeeping uniform across ranks."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytorch_lightning as pl
+import torch
 
 from dpresearch.privacy.spec import PrivacyConfigError
 from dpresearch.privacy.strategy import DPStepping
@@ -31,15 +34,29 @@ class PrivacyMetrics(pl.Callback):
         pl_module.log("sample_rate", strategy.sample_rate, sync_dist=True)
 
 
+def dp_state_digest(state: dict) -> str:
+    """sha256 over the DP state's fields (the noise generator's bytes included)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, torch.Tensor):
+            value = value.cpu().numpy().tobytes().hex()
+        digest.update(f"{key}={value!r};".encode())
+    return digest.hexdigest()
+
+
 class PrivacyState(pl.Callback):
     """Carries the DP strategy's state in every checkpoint (steps spent, the mechanism, the
     noise stream) and gives it back on resume, so epsilon continues instead of restarting."""
 
     KEY = "dp_state"
+    DIGEST = "dp_state_sha256"  # the DP state's own digest: the accountant's history is checked
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         if isinstance(trainer.strategy, DPStepping):
-            checkpoint[self.KEY] = trainer.strategy.dp_state_dict()
+            state = trainer.strategy.dp_state_dict()
+            checkpoint[self.KEY] = state
+            checkpoint[self.DIGEST] = dp_state_digest(state)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         strategy = trainer.strategy
@@ -49,5 +66,11 @@ class PrivacyState(pl.Callback):
             raise PrivacyConfigError(
                 "the checkpoint holds no DP state (it was saved by a non-private run): "
                 "resuming it under DP would count its steps as free; start a new run"
+            )
+        digest = checkpoint.get(self.DIGEST)  # absent in checkpoints from before digests
+        if digest is not None and digest != dp_state_digest(checkpoint[self.KEY]):
+            raise PrivacyConfigError(
+                "the checkpoint's DP state (steps spent, mechanism, noise stream) does not "
+                "match its digest: it was altered after saving; resume from another checkpoint"
             )
         strategy.load_dp_state_dict(checkpoint[self.KEY])

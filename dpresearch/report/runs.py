@@ -4,6 +4,7 @@ one table, whatever state the run is in: completed, failed, or still running."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from dpresearch.tracking.summary import method_label
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,4 +98,10 @@ def find_runs(roots: list[Path]) -> list[Run]:
             raise FileNotFoundError(f"{root} does not exist")
         for name in ("summary.json", "config.yaml"):
             folders.update(p.parent for p in root.rglob(name) if ".hydra" not in p.parts)
-    return [load_run(f) for f in sorted(folders)]
+    runs = []
+    for folder in sorted(folders):
+        try:
+            runs.append(load_run(folder))
+        except (OSError, ValueError, yaml.YAMLError) as err:  # truncated, half written
+            log.warning("skipping %s: its records cannot be read (%s)", folder, err)
+    return runs

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -11,22 +15,97 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "threshold", "none")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage | str:
+def make_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
     """``sqlite:///file.db`` or any RDB URL (shared by SLURM workers on one filesystem or
     server), or ``journal:///path/file.log`` (a journal file, for filesystems without locks
-    SQLite trusts)."""
+    SQLite trusts). A file's folder must exist (SQLite would otherwise retry for seconds and
+    fail without naming it). With ``heartbeat_s``, the running trials of a worker that died
+    (SIGKILL, a lost node) become FAIL after three missed heartbeats (RDB storages)."""
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         path = url.split(":", 1)[1].lstrip("/")
         path = "/" + path if url.startswith("journal:///") else path
+        _check_folder(url, Path(path))
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         raise ValueError(
             f"hydra.sweeper.storage={url!r}: give an RDB URL (sqlite:///path.db, "
             "postgresql://...) or journal:///path.log"
         )
-    return url
+    if url.startswith("sqlite:///"):
+        _check_folder(url, Path(url[len("sqlite:///") :]))
+    beat = (
+        {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s} if heartbeat_s else {}
+    )
+    return optuna.storages.RDBStorage(url, **beat)
+
+
+def _check_folder(url: str, path: Path) -> None:
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"hydra.sweeper.storage={url}: the folder {path.parent} does not exist; "
+            f"create it (mkdir -p {path.parent}) or give another path"
+        )
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of the study's storage (None: it keeps none)."""
+    return getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+
+
+@contextmanager
+def heartbeats(study: optuna.Study, trial_ids: list[int]) -> Iterator[None]:
+    """Record the trials' heartbeats while they run (from the process that launched them, so a
+    trial on a SLURM node counts as alive while its sweeper waits for it)."""
+    storage = study._storage  # Optuna records heartbeats only inside study.optimize
+    interval = heartbeat_interval(study)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            for trial_id in trial_ids:
+                with contextlib.suppress(Exception):  # a finished trial: nothing to record
+                    storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def check_search_space(study: optuna.Study, space: dict) -> None:
+    """One study, one search space: the first sweep stores its space in the study, and a sweep
+    with another space is refused naming both (its trials would be compared with the wrong
+    ones, or lack their parameters)."""
+    ours = {key: optuna.distributions.distribution_to_json(d) for key, d in space.items()}
+    stored = study.user_attrs.get("search_space")
+    if stored is None:
+        study.set_user_attr("search_space", ours)
+    elif stored != ours:
+        raise ValueError(
+            f"study {study.study_name!r} searches {_describe(stored)}, but this sweep searches "
+            f"{_describe(ours)}: give this sweep its own hydra.sweeper.study_name, or the "
+            "study's space"
+        )
+
+
+def _describe(space: dict) -> str:
+    parts = []
+    for key, text in sorted(space.items()):
+        d = optuna.distributions.json_to_distribution(text)
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            parts.append(f"{key} in {list(d.choices)}")
+        else:
+            parts.append(f"{key} in [{d.low}, {d.high}]{' log' if d.log else ''}")
+    return "{" + "; ".join(parts) + "}"
 
 
 def distributions(params: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -56,8 +135,14 @@ def distributions(params: Mapping[str, Mapping[str, Any]]) -> dict:
     return out
 
 
-def make_sampler(spec: Mapping[str, Any], space: dict) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: Mapping[str, Any], space: dict, offset: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The sampler; a seed is shifted by ``offset`` (the trials the study already holds), so
+    a restarted sweep continues its search instead of proposing its first trials again."""
     name, seed = spec.get("name", "tpe"), spec.get("seed")
+    if seed is not None:
+        seed = int(seed) + offset
     if name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=int(spec.get("n_startup_trials", 5))
@@ -109,9 +194,13 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)  # fmt: skip
 
 
-def open_study(url: str, name: str, sampler, pruner, direction: str) -> optuna.Study:
-    """Create or load the study. Workers started together (a SLURM array) race to create the
-    storage's tables and the study; the losers retry and load what the winner made."""
+def open_study(
+    url: str, name: str, sampler_spec: Mapping[str, Any], space: dict, pruner, direction: str,
+    heartbeat_s: int | None = None,
+) -> optuna.Study:  # fmt: skip
+    """Create or load the study, check its search space, and give it a sampler seeded past
+    its trials. Workers started together (a SLURM array) race to create the storage's tables
+    and the study; the losers retry and load what the winner made."""
     import random
     import time
 
@@ -119,15 +208,27 @@ def open_study(url: str, name: str, sampler, pruner, direction: str) -> optuna.S
 
     for attempt in range(20):
         try:
-            return optuna.create_study(study_name=name, storage=make_storage(url),
-                                       sampler=sampler, pruner=pruner, direction=direction,
-                                       load_if_exists=True)  # fmt: skip
+            study = optuna.create_study(study_name=name, storage=make_storage(url, heartbeat_s),
+                                        sampler=make_sampler(sampler_spec, space),
+                                        pruner=pruner, direction=direction,
+                                        load_if_exists=True)  # fmt: skip
+            break
         except (IntegrityError, OperationalError, optuna.exceptions.DuplicatedStudyError):
             if attempt == 19:
                 raise
             time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
+    check_search_space(study, space)
+    optuna.storages.fail_stale_trials(study)
+    if study.trials:
+        study.sampler = make_sampler(sampler_spec, space, offset=len(study.trials))
+    return study
 
 
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Finished trials plus those running (in any worker): what counts against n_trials."""
+    running = (optuna.trial.TrialState.RUNNING,)
+    return finished_trials(study) + len(study.get_trials(deepcopy=False, states=running))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ from dpresearch.sweeps.results import plot, write_trials
 from dpresearch.sweeps.study import (
     distributions,
     finished_trials,
+    heartbeat_interval,
+    heartbeats,
     make_pruner,
-    make_sampler,
     open_study,
+    started_trials,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class OptunaSweeperImpl(Sweeper):
         n_trials: int = 20,
         n_jobs: int = 1,
         params: dict | None = None,
+        heartbeat_s: int | None = 60,
     ):
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"hydra.sweeper.direction must be maximize or minimize: {direction}")
@@ -64,9 +68,9 @@ class OptunaSweeperImpl(Sweeper):
         self.pruner_spec = dict(pruner) if pruner else None
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.space = distributions(params or {})
+        self.heartbeat_s = heartbeat_s  # RDB storages: a dead worker's trials FAIL after 3 misses
         self.config: DictConfig | None = None
         self.launcher = None
-        self.job_idx = 0
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -96,25 +100,40 @@ class OptunaSweeperImpl(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = self.storage_url or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
-        study = open_study(url, self.study_name, make_sampler(self.sampler_spec, self.space),
-                           make_pruner(self.pruner_spec), self.direction)  # fmt: skip
+        study = open_study(url, self.study_name, self.sampler_spec, self.space,
+                           make_pruner(self.pruner_spec), self.direction,
+                           self.heartbeat_s)  # fmt: skip
         sampler_size = getattr(study.sampler, "size", None)
         if sampler_size is not None and self.n_trials > sampler_size:
             log.info("n_trials=%d capped at the grid's %d points", self.n_trials, sampler_size)
             self.n_trials = sampler_size
-        done = finished_trials(study)
-        log.info("study %s in %s: %d of %d trials finished", self.study_name, url, done,
-                 self.n_trials)  # fmt: skip
-        self.job_idx = len(study.trials)
+        log.info("study %s in %s: %d of %d trials finished", self.study_name, url,
+                 finished_trials(study), self.n_trials)  # fmt: skip
+        # Trials running in other workers count against n_trials where heartbeats tell the
+        # living from the dead (RDB storages); the worker then waits for them, so its
+        # trials.csv and figure hold the whole study.
+        beating = heartbeat_interval(study)
         while (done := finished_trials(study)) < self.n_trials:
-            batch = min(self.n_jobs, self.n_trials - done)
+            started = started_trials(study) if beating else done
+            if started >= self.n_trials:
+                time.sleep(beating)  # a dead worker's trial turns FAIL after 3 missed beats
+                optuna.storages.fail_stale_trials(study)
+                continue
+            batch = min(self.n_jobs, self.n_trials - started)
             trials = [study.ask(self.space) for _ in range(batch)]
             overrides = [self._overrides(t, fixed, url) for t in trials]
-            results = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(overrides)
+            try:
+                with heartbeats(study, [t._trial_id for t in trials]):
+                    results = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            except BaseException as err:  # preempted, Ctrl-C: no trial is left RUNNING
+                for trial in trials:
+                    self._fail(study, trial, f"the sweep stopped: {type(err).__name__} {err}")
+                raise
             for trial, result in zip(trials, results):
                 self._tell(study, trial, result)
+            optuna.storages.fail_stale_trials(study)  # trials of workers that died
             self._write_results(study, sweep_dir)
+        self._write_results(study, sweep_dir)
         best = self._best(study)
         if best is not None:
             log.info("best trial %d: %s = %.4f with %s", best.number, self.objective,
@@ -124,7 +143,9 @@ class OptunaSweeperImpl(Sweeper):
     def _overrides(self, trial: optuna.Trial, fixed: list[str], url: str) -> list[str]:
         params = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                   for k, v in trial.params.items()]  # fmt: skip
-        meta = [f"+sweep_trial.trial_id={trial._trial_id}", f"+sweep_trial.number={trial.number}",
+        # The trial's folder is named by its number in the study: unique across workers.
+        meta = [f"hydra.sweep.subdir={trial.number}",
+                f"+sweep_trial.trial_id={trial._trial_id}", f"+sweep_trial.number={trial.number}",
                 f"+sweep_trial.study={self.study_name}", f"+sweep_trial.storage='{url}'",
                 f"+sweep_trial.prune={self.pruner_spec is not None}"]  # fmt: skip
         for key, value in (self.pruner_spec or {}).items():  # the trial rebuilds the pruner
@@ -155,8 +176,11 @@ class OptunaSweeperImpl(Sweeper):
     @staticmethod
     def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         log.warning("trial %d failed: %s (the study goes on)", trial.number, reason)
-        trial.set_user_attr("reason", reason[:500])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        try:
+            trial.set_user_attr("reason", reason[:500])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # told already (a trial that finished before the sweep stopped)
 
     def _best(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         try:

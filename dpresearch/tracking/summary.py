@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 from pathlib import Path
+
+from dpresearch.atomic import write_atomic
+
+log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = (
     "experiment", "dataset", "model", "clipping", "finetune", "sampler", "private",
@@ -26,14 +30,21 @@ def _clean(value):
 
 
 def write_summary(path: Path, summary: dict) -> dict:
-    """Atomically write ``summary`` (every key of SUMMARY_KEYS present, null if unknown)."""
+    """Atomically write ``summary`` (every key of SUMMARY_KEYS present, null if unknown). When
+    the disk is full, the few fields that say how the run ended are written instead, and the
+    write error is raised only if even they cannot be; no temporary file is left behind."""
     record = {k: None for k in SUMMARY_KEYS}
     record.update(summary)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # ranks may write at once
-    tmp.write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
+    except OSError as err:
+        brief = {k: record.get(k) for k in ("experiment", "status", "error", "steps", "epsilon")}
+        brief["summary_error"] = f"the full summary could not be written: {err}"
+        log.error("%s: %s; writing its essentials only", path, err)
+        write_atomic(path, json.dumps(_clean(brief)) + "\n")
+        record["summary_error"] = brief["summary_error"]
     return record
 
 
@@ -45,7 +56,10 @@ def record_failure(out: Path, rank: int, error: BaseException, trace: str, since
     out = Path(out)
     message = f"{type(error).__name__}: {error}"
     name = "error.log" if rank == 0 else f"error.rank{rank}.log"
-    (out / name).write_text(f"rank {rank}: {message}\n{trace}")
+    try:
+        write_atomic(out / name, f"rank {rank}: {message}\n{trace}")
+    except OSError as err:  # a full disk: the error still reaches stderr and the exit status
+        log.error("could not write %s (%s); the run failed with %s", out / name, err, message)
     logs = sorted(
         (log for log in out.glob("error*.log") if log.stat().st_mtime >= since),
         key=lambda log: log.stat().st_mtime,

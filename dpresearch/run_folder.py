@@ -76,19 +76,20 @@ def _holder(path: Path) -> str:
 
 
 def existing_run(out: Path) -> str | None:
-    """What of a run the folder already holds (None: nothing)."""
+    """What of a run the folder holds that a new start would lose (None: nothing). A run that
+    stopped before producing anything (failed or preempted, with no checkpoint and no
+    metrics: a refused config, say) loses nothing, so its folder may be reused."""
     found = []
-    summary = out / "summary.json"
-    if summary.is_file():
-        try:
-            found.append(f"a {json.loads(summary.read_text()).get('status')} run's summary.json")
-        except (OSError, ValueError):
-            found.append("an unreadable summary.json")
     if (out / "checkpoints" / LAST).is_file():
         found.append(f"checkpoints/{LAST}")
     metrics = out / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         found.append("metrics.jsonl")
+    summary = out / "summary.json"
+    if summary.is_file():
+        status = _status(out)
+        if found or status not in ("failed", "preempted"):
+            found.insert(0, f"a {status} run's summary.json" if status else "a summary.json")
     return ", ".join(found) or None
 
 
@@ -131,9 +132,7 @@ def resume_path(cfg: DictConfig, out: Path, check_folder: bool = True) -> str | 
             f"run.resume=true but {last} does not exist: pass the interrupted run's folder "
             "as hydra.run.dir=<folder>, give ckpt_path=<file>, or use run.resume=auto"
         )
-    metrics = out / "metrics.jsonl"
-    produced = metrics.is_file() and metrics.stat().st_size > 0
-    if check_folder and (produced or _status(out) == "completed"):  # auto, no checkpoint
+    if check_folder and there is not None:  # auto, no checkpoint, but results there
         raise RunFolderError(
             f"run.resume=auto but {out} holds a run with results and no checkpoint to continue "
             f"({there}): write this run to another folder (hydra.run.dir=...)"

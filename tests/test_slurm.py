@@ -52,21 +52,30 @@ def test_multirun_through_the_submitit_slurm_launcher(slurm, tmp_path) -> None:
     assert list((tmp_path / ".submitit").iterdir())  # ran as SLURM jobs, not locally
 
 
-def sbatch(env: dict, *args: str) -> None:
-    """Submit and wait until the job (array) has left the queue (polling every second:
-    `sbatch --wait` backs off to half a minute between polls)."""
+def submit(env: dict, *args: str) -> str:
+    """sbatch, returning the job id."""
     cmd = ["sbatch", "--parsable", "--mem=2G", "--cpus-per-task=1", *args]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    job = result.stdout.strip().split(";")[0]
-    deadline = time.time() + 600
+    return result.stdout.strip().split(";")[0]
+
+
+def wait_gone(env: dict, job: str, timeout: float = 600) -> None:
+    """Wait until the job (array) has left the queue (polling every second: `sbatch --wait`
+    backs off to half a minute between polls)."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         queue = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
                                text=True).stdout.strip()  # fmt: skip
         if not queue:
             return
         time.sleep(1)
-    raise TimeoutError(f"SLURM job {job} still queued or running after 600 s")
+    raise TimeoutError(f"SLURM job {job} still queued or running after {timeout} s")
+
+
+def sbatch(env: dict, *args: str) -> None:
+    """Submit and wait until the job has left the queue."""
+    wait_gone(env, submit(env, *args))
 
 
 def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
@@ -121,3 +130,25 @@ def test_ddp_multirun_through_submitit_one_task_per_device(slurm, tmp_path) -> N
     done = summaries(tmp_path)
     assert len(done) == 2 and all(s["status"] == "completed" for s in done), done
     assert all(s["world_size"] == 2 for s in done)
+
+
+def test_a_preempted_job_is_requeued_and_resumes(slurm, tmp_path) -> None:
+    """slurm/run.sbatch unchanged: USR1 (what --signal=USR1@90 sends before the time limit)
+    stops the run at a step with exit 75, requeue.sh requeues the job, and the job, back with
+    its id and folder, continues from the checkpoint with run.resume=auto."""
+    out = tmp_path / "run"
+    args = [*FAST, "trainer.max_epochs=10", f"hydra.run.dir={out}"]
+    job = submit(slurm, f"--output={tmp_path}/job-%j.out", "slurm/run.sbatch", *args)
+    deadline = time.time() + 300
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists() and '"stage": "train"' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)
+    wait_gone(slurm, job)
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert "requeueing job" in log, log[-3000:]
+    done = summaries(out)[0]
+    assert done["status"] == "completed" and done["attempt"] == 1, log[-3000:]
+    assert done["steps"] == 50 and (out / "config.resume_1.yaml").exists()

@@ -116,7 +116,7 @@ class OptunaSweeperImpl(Sweeper):
         while (done := finished_trials(study)) < self.n_trials:
             started = started_trials(study) if beating else done
             if started >= self.n_trials:
-                time.sleep(beating)  # a dead worker's trial turns FAIL after 3 missed beats
+                time.sleep(min(beating, 5))  # a dead worker's trial: FAIL after 3 missed beats
                 optuna.storages.fail_stale_trials(study)
                 continue
             batch = min(self.n_jobs, self.n_trials - started)

@@ -342,15 +342,20 @@ def _finish_records(r: Run) -> None:
     )
     summary["wall_s"] = time.perf_counter() - r.start
     status = summary["status"]
+    rank = process_rank(trainer)
+    writes = rank == 0 or (status != "completed" and r.attempt == 0)
+    path = r.out / summary_name(r.attempt, status)
     if status in ("failed", "preempted", "diverged"):  # what was taken, not the plan's
         summary["steps"] = trainer.global_step if trainer is not None else None
-        if isinstance(strategy, DPStepping) and strategy.dp_steps:  # spent so far
-            summary.update(steps=strategy.dp_steps, epsilon=strategy.epsilon().epsilon)
-    rank = process_rank(trainer)
+        if isinstance(strategy, DPStepping) and strategy.dp_steps:
+            summary["steps"] = strategy.dp_steps
+            if writes:  # the ending first: a peer's launcher may kill this process any moment
+                write_summary(path, summary)
+            summary["epsilon"] = strategy.epsilon().epsilon  # spent so far (seconds: PRV, PLD)
     if r.facts is not None and rank == 0:
         _write_statement(r.out, summary, r.facts)
-    if rank == 0 or (status != "completed" and r.attempt == 0):
-        r.summary = write_summary(r.out / summary_name(r.attempt, status), summary)
+    if writes:
+        r.summary = write_summary(path, summary)
         _finish_wandb(r.logger, r.summary)
     if rank == 0 and r.attempt and status != "failed":  # the folder's config: the latest
         config = r.out / record_names(r.attempt)[0]

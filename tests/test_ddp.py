@@ -36,7 +36,7 @@ def run_py(
 
 
 def trained_state(out: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = out.rglob("*.ckpt")
+    (ckpt,) = out.rglob("last.ckpt")
     return torch.load(ckpt, weights_only=False)["state_dict"]
 
 

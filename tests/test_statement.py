@@ -112,12 +112,15 @@ def test_report_shows_each_groups_statements(tmp_path) -> None:
 
 
 def test_a_failed_run_still_states_what_it_did(compose_cfg, tmp_path) -> None:
-    """A crash after the first epoch: the statement says no epsilon was accounted, and the
-    run's own error is what is raised."""
+    """A crash after the first epoch: the statement covers the steps taken (their checkpoint
+    and metrics were released), and the run's own error is what is raised."""
     model = ["model._target_=tests.ddp_helpers.FailingNet", "+model.rank=0",
              "+model.fail_at=3", "sampler.max_physical_batch_size=1024"]  # fmt: skip
     with pytest.raises(RuntimeError, match="deliberate failure"):
         run(compose_cfg([*FAST, *model, "trainer.max_epochs=2"]), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["status"] == "failed" and saved["privacy_statement"]["status"] == "failed"
-    assert saved["privacy_statement"]["guarantee"].startswith("not computed")
+    assert saved["steps"] >= 1 and saved["epsilon"] > 0
+    assert saved["privacy_statement"]["guarantee"].startswith(f"({saved['epsilon']:.4g}, 1e-05)")
+    covered = saved["privacy_statement"]["data_accesses"]["covered"]
+    assert covered.startswith(f"the {saved['steps']} DP-SGD steps")

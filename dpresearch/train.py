@@ -61,6 +61,7 @@ from dpresearch.run_folder import (
 from dpresearch.tracking.callbacks import (
     MetricsRecorder,
     Throughput,
+    machine_load,
     is_nonprivate,
     peak_memory_mb,
 )
@@ -284,6 +285,9 @@ def recorded(cfg: DictConfig, out: Path, choices: dict | None) -> Iterator[Run]:
     r = Run(cfg, out, dict(choices or {}),
             {"experiment": cfg.get("name"), "seed": cfg.seed, "status": "running",
              "output_dir": str(out)})  # fmt: skip
+    start = machine_load()
+    r.summary["machine"] = {"host": start["host"], "cpus": start["cpus"],
+                            "load_1m_start": start["load_1m"]}  # fmt: skip
     if threading.current_thread() is threading.main_thread():
         r.preemption.install()
     with ExitStack() as folder:
@@ -341,6 +345,8 @@ def _finish_records(r: Run) -> None:
         trainer.strategy.root_device if trainer else torch.device("cpu")
     )
     summary["wall_s"] = time.perf_counter() - r.start
+    summary["machine"]["load_1m_end"] = machine_load()["load_1m"]
+    summary["machine"]["device"] = str(trainer.strategy.root_device) if trainer else "cpu"
     status = summary["status"]
     rank = process_rank(trainer)
     writes = rank == 0 or (status != "completed" and r.attempt == 0)

@@ -4,8 +4,13 @@ failed and running runs shown as such, one panel per dataset."""
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 
+import pytest
+
+from dpresearch.report import figures
 from dpresearch.report.__main__ import build_report
+from dpresearch.report.runs import find_runs
 from tests.helpers.runs import fake_run
 
 
@@ -45,6 +50,12 @@ class Tables(HTMLParser):
             self.current = None
 
 
+def parse(report: Path) -> Tables:
+    parsed = Tables()
+    parsed.feed(report.read_text())
+    return parsed
+
+
 def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
     runs = tmp_path / "runs"
     for seed, acc in enumerate([0.61, 0.65]):
@@ -52,8 +63,12 @@ def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
             for clipping, extra in (("fixed", 0.0), ("automatic", 0.02)):
                 fake_run(runs, f"{clipping}-{eps}-{seed}", status="completed", seed=seed,
                          clipping=clipping, target_epsilon=eps, epsilon=eps * 0.99,
-                         test_accuracy=acc + clip_acc + extra,
-                         lr=0.01 * (seed + 1), clip=eps)  # fmt: skip
+                         test_accuracy=acc + clip_acc + extra)  # fmt: skip
+    for lr in (0.01, 0.1):  # a grid at epsilon 4
+        for clip in (0.5, 2.0):
+            fake_run(runs, f"grid-{lr}-{clip}", status="completed", target_epsilon=4.0,
+                     epsilon=3.96, test_accuracy=0.7, val_accuracy=lr + clip, lr=lr,
+                     clip=clip)  # fmt: skip
     fake_run(runs, "nonprivate", status="completed", private=False, test_accuracy=0.95,
              train_examples_per_s=4000.0)  # fmt: skip
     fake_run(runs, "crashed", status="failed", error="PrivacyConfigError: delta >= 1/N")
@@ -61,25 +76,86 @@ def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
     fake_run(runs / "text", "t", status="completed", dataset="sentiment_templates",
              test_accuracy=0.8, target_epsilon=3.0, epsilon=2.98)  # fmt: skip
     report = build_report([runs], tmp_path / "out")
-    parsed = Tables()
-    parsed.feed(report.read_text())
-    for fig in ("accuracy vs epsilon (digits)", "throughput per method (digits)",
+    parsed = parse(report)
+    for fig in ("accuracy vs epsilon (digits)", "per-run throughput and machine load (digits)",
                 "learning curves (digits)", "learning rate x clipping threshold (digits)",
                 "accuracy vs epsilon (sentiment_templates)"):  # fmt: skip
         assert fig in parsed.images
     pngs = {p.name for p in (tmp_path / "out").glob("*.png")}
     assert {"accuracy_vs_epsilon_digits.png", "cost_digits.png", "curves_digits.png",
             "heatmap_digits.png"} <= pngs  # fmt: skip
-    acc = {(r["method"], r["epsilon"]): r for r in parsed.tables["accuracy"]}
-    fixed4 = acc["fixed/bk/full", "3.96"]
+    acc = {(r["series"], r["epsilon"]): r for r in parsed.tables["accuracy"]}
+    # The seeds of one config at the epsilon they spent; the legend names what the grid varies.
+    fixed4 = acc["fixed/bk/full, clipping.max_grad_norm=1, optimizer.lr=0.01", "3.96"]
     assert float(fixed4["mean"]) == (0.71 + 0.75) / 2 and fixed4["n"] == "2"
-    assert acc["non-private/full", "inf"]["mean"] == "0.95"
-    cost = {r["method"]: r for r in parsed.tables["cost"]}
-    assert float(cost["fixed/bk/full"]["speed_vs_nonprivate"]) == 0.25  # 1000 / 4000
-    states = {r["run"]: r["status"] for r in parsed.tables["runs"]}
-    assert states["crashed"] == "failed" and states["going"] == "running"
-    crashed = next(r for r in parsed.tables["runs"] if r["run"] == "crashed")
-    assert "delta" in crashed["error"]
+    assert acc["non-private/full, optimizer.lr=0.01", "inf"]["mean"] == "0.95"
+    # Cost: per group, with the machine load, and no ratio between separate processes.
+    cost = parsed.tables["cost"]
+    assert all("speed" not in key for row in cost for key in row)
+    assert {r["load_per_cpu"] for r in cost} == {"0.5"}  # max(0.5, 1.0) / 2 CPUs
+    assert "not speed ratios" in report.read_text()
+    runs_table = {r["run"]: r for r in parsed.tables["runs"]}
+    assert runs_table["crashed"]["status"] == "failed" and "delta" in runs_table["crashed"]["error"]
+    assert runs_table["going"]["status"] == "running"
+    assert runs_table["text/t"]["dataset"] == "sentiment_templates"  # named by its path
+    assert (runs_table["grid-0.1-2.0"]["lr"], runs_table["grid-0.1-2.0"]["clip"]) == ("0.1", "2")
+
+
+def test_unlike_runs_are_never_pooled_and_epsilon_is_never_averaged(tmp_path) -> None:
+    """The issue's case: a 30-epoch run, three 3-epoch sweep trials and a fast_dev_run of the
+    same method and target were one point 'seeds: 5' at the mean of their epsilons."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "default", status="completed", target_epsilon=3.0, epsilon=2.97,
+             test_accuracy=0.78)  # fmt: skip
+    for i, lr in enumerate((0.001, 0.01, 0.1)):
+        fake_run(runs / "sweep", str(i), status="completed", target_epsilon=3.0, epsilon=2.1,
+                 test_accuracy=0.3, lr=lr,
+                 config={"trainer": {"max_epochs": 3}, "sweep_trial": {"number": i}})  # fmt: skip
+    fake_run(runs, "smoke", status="debug", target_epsilon=3.0, epsilon=0.1, test_accuracy=0.1)
+    # Same config, different spent epsilon (e.g. one stopped by its budget): two points.
+    fake_run(runs, "a", status="completed", target_epsilon=8.0, epsilon=7.9, test_accuracy=0.8)
+    fake_run(runs, "b", status="completed", target_epsilon=8.0, epsilon=6.5, test_accuracy=0.7)
+    parsed = parse(build_report([runs], tmp_path / "out"))
+    points = {(r["series"], r["epsilon"]): r["n"] for r in parsed.tables["accuracy"]}
+    assert points == {("fixed/bk/full", "2.97"): "1", ("fixed/bk/full", "7.9"): "1",
+                      ("fixed/bk/full", "6.5"): "1"}  # fmt: skip
+    shown = {r["run"]: r["shown"] for r in parsed.tables["runs"]}
+    assert shown["default"] == "yes" and shown["sweep/0"].startswith("sweep trial")
+    assert shown["smoke"].startswith("debug run")
+
+    parsed = parse(build_report([runs], tmp_path / "all", include=("sweeps", "debug")))
+    points = {(r["series"], r["epsilon"]): r["n"] for r in parsed.tables["accuracy"]}
+    assert ("fixed/bk/full", "2.1") not in points  # the trials differ (lr), and from the rest
+    labels = {series for series, _ in points}
+    assert any("trainer.max_epochs=3" in s and "optimizer.lr=0.1" in s for s in labels), labels
+    assert all(n == "1" for n in points.values())
+    assert not {e for _, e in points} - {"2.97", "2.1", "0.1", "7.9", "6.5"}  # no mean epsilon
+
+
+def test_lr_clip_maps_never_average_across_epsilon(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    for eps in (1.0, 4.0):
+        for lr in (0.01, 0.1):
+            for clip in (0.5, 2.0):
+                for seed in (0, 1):
+                    fake_run(runs, f"{eps}-{lr}-{clip}-{seed}", status="completed", seed=seed,
+                             target_epsilon=eps, epsilon=eps, test_accuracy=0.5, lr=lr,
+                             clip=clip, val_accuracy=eps / 10 + seed / 100)  # fmt: skip
+    grids = figures.lr_clip_grids(find_runs([runs]))
+    assert sorted(g["epsilons"][0] for g in grids) == [1.0, 4.0]
+    for g in grids:
+        eps = g["epsilons"][0]
+        assert list(g["values"].values()) == pytest.approx([eps / 10 + 0.005] * 4)
+        assert set(g["n"].values()) == {2} and "privacy.target_epsilon" in g["label"]
+    build_report([runs], tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").glob("heatmap_*.png")} == {
+        "heatmap_digits.png", "heatmap_digits_2.png"}  # fmt: skip
+
+
+def test_report_refuses_an_unknown_include(tmp_path) -> None:
+    fake_run(tmp_path, "r", status="completed", test_accuracy=0.5, epsilon=1.0)
+    with pytest.raises(SystemExit, match="sweeps, debug"):
+        build_report([tmp_path], tmp_path / "out", include=("sweep",))
 
 
 def test_wandb_report_has_the_comparison_panels_built_offline() -> None:

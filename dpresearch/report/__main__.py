@@ -6,37 +6,65 @@ from the runs' summary.json / metrics.jsonl / config.yaml, for every dataset amo
 from __future__ import annotations
 
 import argparse
+import html
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from dpresearch.report import figures
+from dpresearch.report.figures import finished
+from dpresearch.report.groups import group_runs
 from dpresearch.report.html import image, page, table
 from dpresearch.report.runs import Run, find_runs
 
-RUN_COLUMNS = [("run", "run"), ("dataset", "dataset"), ("method", "method"), ("seed", "seed"),
-               ("status", "status"), ("target_epsilon", "target eps"), ("epsilon", "eps spent"),
+RUN_COLUMNS = [("run", "run folder"), ("dataset", "dataset"), ("method", "method"),
+               ("lr", "lr"), ("clip", "clip"), ("seed", "seed"), ("status", "status"),
+               ("shown", "in figures"), ("target_epsilon", "target eps"), ("epsilon", "eps spent"),
                ("test_accuracy", "test acc"), ("val_accuracy", "val acc"),
                ("train_examples_per_s", "examples/s"), ("error", "error")]  # fmt: skip
-COST_COLUMNS = [("method", "method"), ("runs", "runs"), ("examples_per_s", "examples/s"),
-                ("speed_vs_nonprivate", "vs non-private"), ("peak_memory_mb", "peak MB"),
+COST_COLUMNS = [("group", "group"), ("runs", "runs"), ("examples_per_s", "examples/s"),
+                ("examples_per_s_std", "std"), ("load_per_cpu", "max load per CPU"),
+                ("device", "device"), ("peak_memory_mb", "peak MB"),
                 ("wall_s", "wall s")]  # fmt: skip
 STATEMENT_COLUMNS = [("method", "method"), ("runs", "runs"), ("guarantee", "guarantee"),
                      ("sampler", "sampler matches accountant"), ("randomness", "randomness"),
                      ("accesses", "data accesses"), ("not_covered", "released, NOT covered"),
                      ("code", "code")]  # fmt: skip
-EPS_COLUMNS = [("method", "method"), ("epsilon", "epsilon"), ("mean", "test acc (mean)"),
-               ("std", "std"), ("n", "seeds")]  # fmt: skip
+EPS_COLUMNS = [("series", "line"), ("epsilon", "epsilon spent"), ("mean", "test acc (mean)"),
+               ("std", "std"), ("n", "runs (seeds)")]  # fmt: skip
+COST_CAVEAT = (
+    "<p class='caveat'>Each run was timed in its own process, on a machine whose load "
+    "differed between runs (column <i>max load per CPU</i>: above 1, the run shared its CPUs). "
+    "These numbers are not speed ratios between methods. For ratios, run "
+    "<code>python -m dpresearch.benchmark</code>: it times every method in one process, "
+    "interleaved, on the same training step.</p>"
+)
+KINDS = ("sweeps", "debug")  # run kinds kept out of the figures unless --include names them
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
-def run_row(r: Run) -> dict:
+def excluded(r: Run, include: tuple[str, ...]) -> str | None:
+    """Why ``r`` stays out of the figures (None: it is in)."""
+    if r.sweep_trial and "sweeps" not in include:
+        return "sweep trial (--include sweeps)"
+    if r.debug and "debug" not in include:
+        return "debug run (--include debug)"
+    return None
+
+
+def run_row(r: Run, root: Path | None, include: tuple[str, ...]) -> dict:
     s = r.summary
-    return {"run": r.folder.name, "dataset": r.dataset, "method": r.method, "seed": s.get("seed"),
-            "status": r.status, "target_epsilon": s.get("target_epsilon"),
+    try:
+        name = str(r.folder.relative_to(root)) if root else str(r.folder)
+    except ValueError:
+        name = str(r.folder)
+    return {"run": name, "dataset": r.dataset, "method": r.method, "seed": s.get("seed"),
+            "lr": r.param("optimizer.lr"), "clip": r.param("clipping.max_grad_norm"),
+            "status": r.status, "shown": excluded(r, include) or "yes",
+            "target_epsilon": s.get("target_epsilon"),
             "epsilon": r.epsilon if r.status == "completed" else s.get("epsilon"),
             "test_accuracy": s.get("test_accuracy"), "val_accuracy": s.get("val_accuracy"),
             "train_examples_per_s": s.get("train_examples_per_s"),
@@ -73,52 +101,77 @@ def statement_rows(members: list[Run]) -> list[dict]:
     return rows
 
 
-def build_report(roots: list[Path], out: Path) -> Path:
+def _root(r: Run, roots: list[Path]) -> Path | None:
+    return next((root for root in roots if r.folder.is_relative_to(root)), None)
+
+
+def dataset_section(dataset: str, members: list[Run], out: Path) -> str:
+    name = slug(dataset)
+    parts = [f"<h2>{html.escape(dataset)}</h2>"]
+    groups = group_runs(finished(members, "test_accuracy"))
+    eps = figures.accuracy_vs_epsilon(groups)
+    if eps:
+        path = out / f"accuracy_vs_epsilon_{name}.png"
+        figures.plot_accuracy_vs_epsilon(eps, dataset, path)
+        parts.append(image(path, f"accuracy vs epsilon ({dataset})"))
+        rows = [{"series": m, "epsilon": e, "mean": a, "std": s, "n": n}
+                for m, pts in eps.items() for e, a, s, n in pts]  # fmt: skip
+        parts.append(table(rows, EPS_COLUMNS, "accuracy"))
+    cost_groups = group_runs(finished(members, "train_examples_per_s"))
+    cost = figures.cost_rows(cost_groups)
+    if cost:
+        path = out / f"cost_{name}.png"
+        figures.plot_cost(cost_groups, dataset, path)
+        parts.append(image(path, f"per-run throughput and machine load ({dataset})"))
+        parts.append(COST_CAVEAT + table(cost, COST_COLUMNS, "cost"))
+    path = out / f"curves_{name}.png"
+    if figures.plot_curves(group_runs(members), dataset, path):
+        parts.append(image(path, f"learning curves ({dataset})"))
+    statements = statement_rows(members)
+    if statements:
+        parts.append("<h3>Privacy statements</h3>")
+        parts.append(table(statements, STATEMENT_COLUMNS, "statements"))
+    for i, grid in enumerate(figures.lr_clip_grids(members)):
+        path = out / f"heatmap_{name}{'_' + str(i + 1) if i else ''}.png"
+        figures.plot_heatmap(grid, dataset, path)
+        parts.append(image(path, f"learning rate x clipping threshold ({dataset})"))
+    return "".join(parts)
+
+
+def build_report(roots: list[Path], out: Path, include: tuple[str, ...] = ()) -> Path:
+    """The HTML report. Runs are pooled only with the seeds of their own config; sweep trials
+    and debug runs stay out of the figures unless ``include`` names them ("sweeps", "debug"),
+    and every run is listed in the final table with whether it is shown."""
+    unknown = set(include) - set(KINDS)
+    if unknown:
+        raise SystemExit(f"--include takes {', '.join(KINDS)}; got {', '.join(sorted(unknown))}")
     runs = find_runs(roots)
     if not runs:
         raise SystemExit(f"no runs (summary.json or config.yaml) under {[str(r) for r in roots]}")
     out.mkdir(parents=True, exist_ok=True)
+    shown = [r for r in runs if excluded(r, include) is None]
     by_dataset: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
+    for r in shown:
         by_dataset[r.dataset].append(r)
     counts = defaultdict(int)
     for r in runs:
         counts[r.status] += 1
+    left_out = defaultdict(int)
+    for r in runs:
+        if (why := excluded(r, include)) is not None:
+            left_out[why] += 1
     sections = [
         "<p>" + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + " runs from "
-        + ", ".join(str(r) for r in roots) + "</p>"
+        + ", ".join(html.escape(str(r)) for r in roots) + ". A point pools only the seeds of "
+        "one configuration, at the epsilon those runs spent; <i>n</i> is their number.</p>"
     ]  # fmt: skip
+    if left_out:
+        sections.append("<p>Not in the figures: " + ", ".join(
+            f"{n} {why}" for why, n in sorted(left_out.items())) + ".</p>")  # fmt: skip
     for dataset, members in sorted(by_dataset.items()):
-        name = slug(dataset)
-        parts = [f"<h2>{dataset}</h2>"]
-        eps = figures.accuracy_vs_epsilon(members)
-        if eps:
-            path = out / f"accuracy_vs_epsilon_{name}.png"
-            figures.plot_accuracy_vs_epsilon(eps, dataset, path)
-            parts.append(image(path, f"accuracy vs epsilon ({dataset})"))
-            rows = [{"method": m, "epsilon": e, "mean": a, "std": s, "n": n}
-                    for m, pts in eps.items() for e, a, s, n in pts]  # fmt: skip
-            parts.append(table(rows, EPS_COLUMNS, "accuracy"))
-        cost = figures.cost_rows(members)
-        if cost:
-            path = out / f"cost_{name}.png"
-            figures.plot_cost(cost, dataset, path)
-            parts.append(image(path, f"throughput per method ({dataset})"))
-            parts.append(table(cost, COST_COLUMNS, "cost"))
-        path = out / f"curves_{name}.png"
-        if figures.plot_curves(members, dataset, path):
-            parts.append(image(path, f"learning curves ({dataset})"))
-        statements = statement_rows(members)
-        if statements:
-            parts.append("<h3>Privacy statements</h3>")
-            parts.append(table(statements, STATEMENT_COLUMNS, "statements"))
-        grid = figures.lr_clip_grid(members)
-        if grid:
-            path = out / f"heatmap_{name}.png"
-            figures.plot_heatmap(grid, dataset, path)
-            parts.append(image(path, f"learning rate x clipping threshold ({dataset})"))
-        sections.append("".join(parts))
-    sections.append("<h2>All runs</h2>" + table([run_row(r) for r in runs], RUN_COLUMNS, "runs"))
+        sections.append(dataset_section(dataset, members, out))
+    rows = [run_row(r, _root(r, roots), include) for r in runs]
+    sections.append("<h2>All runs</h2>" + table(rows, RUN_COLUMNS, "runs"))
     report = out / "report.html"
     report.write_text(page("dpresearch report", sections))
     return report
@@ -128,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dpresearch.report", description=__doc__)
     parser.add_argument("runs", nargs="*", type=Path, help="folders holding run folders")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument("--include", default="", metavar="KINDS",
+                        help="also draw these run kinds, comma-separated: sweeps (Optuna "
+                             "trials), debug (fast_dev_run, overfit, limited batches)")  # fmt: skip
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="build a wandb Report")
     args = parser.parse_args(argv)
     if args.wandb:
@@ -137,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.runs:
         parser.error("give run folders, or --wandb ENTITY/PROJECT")
-    print(f"wrote {build_report(args.runs, args.out)}")
+    include = tuple(k.strip() for k in args.include.split(",") if k.strip())
+    print(f"wrote {build_report(args.runs, args.out, include)}")
 
 
 if __name__ == "__main__":

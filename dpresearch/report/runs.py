@@ -41,6 +41,8 @@ class Run:
 
     def _name_from_config(self, group: str) -> str | None:
         target = (self.config.get(group) or {}).get("_target_")
+        if not target:
+            return None
         try:
             from hydra.utils import get_class
 
@@ -64,6 +66,16 @@ class Run:
             return math.inf
         eps = self.summary.get("epsilon")
         return float(eps) if eps is not None else math.nan
+
+    @property
+    def sweep_trial(self) -> bool:
+        """A trial of an Optuna sweep (its config carries the trial's study)."""
+        return bool(self.config.get("sweep_trial") or self.summary.get("sweep_trial"))
+
+    @property
+    def debug(self) -> bool:
+        """A debug run (fast_dev_run, overfit_batches, limited batches): not a result."""
+        return self.status == "debug" or bool(self.summary.get("debug") or self.config.get("debug"))
 
     def param(self, dotted: str):
         node = self.config

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import socket
 import time
 from pathlib import Path
 
@@ -19,6 +21,16 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def machine_load() -> dict:
+    """Where the run is timed and how busy that machine is (1-minute load average and CPUs
+    this process may use): per-run throughput means little without it."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return {"host": socket.gethostname(), "cpus": cpus, "load_1m": round(os.getloadavg()[0], 2)}
 
 
 class Throughput(pl.Callback):

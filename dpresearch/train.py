@@ -61,8 +61,8 @@ from dpresearch.run_folder import (
 from dpresearch.tracking.callbacks import (
     MetricsRecorder,
     Throughput,
-    machine_load,
     is_nonprivate,
+    machine_load,
     peak_memory_mb,
 )
 from dpresearch.tracking.console import print_config, print_summary
@@ -434,8 +434,10 @@ def prepare(r: Run, multirun: bool) -> None:
                        r.pruning is not None, r.checkpointing)  # fmt: skip
     r.module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
                                     train_metrics=train_prefix)  # fmt: skip
-    tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train")
+    tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train",
+                            OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
     config["nonprivate_metrics"] = list(nonprivate)
+    summary["setting"] = config["setting"]  # the seeds of one config share it
     r.logger = instantiate(cfg.logger, save_dir=str(r.out), run_config=cfg, _recursive_=False,
                            extra_tags=tags, extra_config=config)  # fmt: skip
     if r.logger:  # wandb: in its config already; CSV: hparams.yaml beside metrics.csv
@@ -548,4 +550,5 @@ def _finish_wandb(logger, summary: dict) -> None:
             for key, value in summary.items():
                 if isinstance(value, (int, float, str, bool, dict, list)) or value is None:
                     wandb.run.summary[key] = value
-            wandb.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+            ok = summary.get("status") in ("completed", "pruned", "debug")  # pruned: not a failure
+            wandb.finish(exit_code=0 if ok else 1)

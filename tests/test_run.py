@@ -16,6 +16,7 @@ from dpresearch.data.base import DataError
 from dpresearch.privacy import PrivacyConfigError
 from dpresearch.tracking.summary import SUMMARY_KEYS
 from dpresearch.train import run
+from tests.helpers.wandb_files import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
@@ -36,6 +37,16 @@ def test_default_run_writes_complete_summary(compose_cfg, tmp_path) -> None:
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     eps_per_epoch = [m["epsilon"] for m in metrics if m["stage"] == "train"]
     assert len(eps_per_epoch) == 2 and eps_per_epoch[0] < eps_per_epoch[1] <= 3.0
+    # A row holds its own stage's metrics (no previous epoch's training values in a validation
+    # row), the epsilon spent when it was written, and its time.
+    for m in metrics:
+        stages = {k.split("_")[0] for k in m if k.startswith(("train_", "val_", "test_"))}
+        assert stages <= {m["stage"]}, m
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["time"])
+        assert m["elapsed_s"] >= 0
+    vals = [m for m in metrics if m["stage"] == "val"]
+    assert len(vals) == 2 and [m["epsilon"] for m in vals] == eps_per_epoch
+    assert "dp_steps" not in vals[1]  # unchanged since the previous (training) row
 
 
 def test_nonprivate_baseline_runs_same_steps(compose_cfg, tmp_path) -> None:
@@ -223,6 +234,42 @@ def test_multirun_writes_one_summary_per_run(tmp_path) -> None:
     assert eps[0] <= 1.0 < eps[1] <= 8.0
 
 
+def report_keys() -> dict[str, set[str]]:
+    """The config, summary and history keys the wandb Report's panels and run sets read."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from dpresearch.report.wandb_report import build
+
+    keys: dict[str, set[str]] = {"config": set(), "summary": set(), "history": set()}
+
+    def add(value) -> None:
+        if isinstance(value, wr.Config):
+            keys["config"].add(value.name)
+        elif isinstance(value, wr.SummaryMetric):
+            keys["summary"].add(value.name)
+        elif isinstance(value, str):
+            keys["history"].add(value)
+        elif isinstance(value, list):
+            for v in value:
+                add(v)
+
+    for block in build("someone", "dpresearch").blocks:
+        if not isinstance(block, wr.PanelGrid):
+            continue
+        for runset in block.runsets:
+            keys["config"].update(runset.groupby)
+            keys["config"].update(re.findall(r"Config\('([^']+)'\)", runset.filters))
+        for panel in block.panels:
+            for attr in ("x", "y", "z", "metrics", "groupby"):
+                value = getattr(panel, attr, None)
+                if attr == "groupby" and isinstance(value, str):
+                    keys["config"].add(value)
+                elif value is not None:
+                    add(value)
+    assert {"optimizer.lr", "clipping.max_grad_norm", "setting"} <= keys["config"]
+    return keys
+
+
 def test_run_py_prints_final_table_and_wandb_goes_offline(tmp_path) -> None:
     env_out = _run_py("+experiment=mnist1d_dp", "trainer.max_epochs=1", "logger=wandb",
                       "logger.mode=offline", "print_config=false",
@@ -231,6 +278,18 @@ def test_run_py_prints_final_table_and_wandb_goes_offline(tmp_path) -> None:
     for label in ("test accuracy", "epsilon", "delta", "noise multiplier", "sample rate",
                   "steps", "examples/s"):  # fmt: skip
         assert label in env_out.stdout
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert "wandb: offline (logger.mode)" in env_out.stdout  # the mode chosen, and why
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["dataset"] == "mnist1d" and saved["model"] == "conv1d"
+    # What wandb recorded, read back from the offline run file: the Hydra nodes intact beside
+    # the short labels, and every key a panel of the wandb Report reads.
+    (folder,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    logged = read_offline_run(folder)
+    assert logged.config["clipping.max_grad_norm"] == 1.0
+    assert logged.config["sampler.expected_batch_size"] > 0
+    assert logged.config["labels.clipping"] == "fixed" and logged.config["job_type"] == "train"
+    assert logged.config["setting"] == saved["setting"] and logged.exit_code == 0
+    wanted = report_keys()
+    assert not wanted["config"] - set(logged.config), wanted["config"] - set(logged.config)
+    assert not wanted["summary"] - set(logged.summary)
+    assert not wanted["history"] - logged.history_keys

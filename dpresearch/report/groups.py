@@ -1,7 +1,6 @@
-"""Which runs a comparison may pool: runs whose resolved configs are equal except for the seed
-(and settings that cannot change a result: logging, paths, progress bars, physical batch size).
-A group's epsilon is its runs' epsilon, never an average: runs of one config that disagree on
-the epsilon spent are split into separate points."""
+"""Which runs a comparison may pool: runs of one setting (the resolved config but the seed,
+see ``tracking.setting``). A group's epsilon is its runs' epsilon, never an average: runs of
+one setting that disagree on the epsilon spent are split into separate points."""
 
 from __future__ import annotations
 
@@ -11,68 +10,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from dpresearch.report.runs import Run
+from dpresearch.tracking.setting import METHOD_KEYS, setting_key, setting_of, under
 
-# Dotted keys (and their subtrees) that do not change what a run computes.
-IGNORED = (
-    "seed", "name", "print_config", "logger", "paths", "extras", "tags", "hydra", "debug",
-    "sweep_trial", "ckpt_path", "run.resume", "run.checkpoint", "privacy.noise_seed",
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
-    "dataset.eval_batch_size", "sampler.max_physical_batch_size",
-)  # fmt: skip
-# Callbacks that only observe or print (others, e.g. early stopping or canaries, split groups).
-OBSERVING_CALLBACKS = (
-    "ModelSummary", "RichModelSummary", "RichProgressBar", "TQDMProgressBar", "ThroughputMonitor",
-    "LearningRateMonitor", "ModelCheckpoint", "DeviceStatsMonitor",
-)  # fmt: skip
 # What the x axis of accuracy vs epsilon varies: points of one series differ only here.
 BUDGET_KEYS = ("privacy.target_epsilon", "privacy.noise_multiplier")
-# What the method label already names (clipping function, engine, scope, sampler, privacy).
-METHOD_KEYS = ("clipping._target_", "clipping.engine", "finetune._target_", "sampler._target_",
-               "privacy._target_")  # fmt: skip
-
-
-def flatten(node, prefix: str = "") -> dict[str, object]:
-    if isinstance(node, dict):
-        out: dict[str, object] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out or ({prefix[:-1]: "{}"} if prefix else {})
-    if isinstance(node, list):
-        return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
-    return {prefix[:-1]: node}
-
-
-def _ignored(key: str, config: dict) -> bool:
-    if _under(key, IGNORED):
-        return True
-    if key.startswith("callbacks."):
-        name = key.split(".")[1]
-        target = str(config.get(f"callbacks.{name}._target_") or "")
-        return target.rsplit(".", 1)[-1] in OBSERVING_CALLBACKS
-    return False
 
 
 def setting(run: Run) -> dict[str, object]:
-    """The run's resolved config, flattened, without the seed and what cannot change results;
-    plus the method and dataset from its summary (runs without a config still compare)."""
-    flat = flatten(run.config)
-    out = {k: v for k, v in flat.items() if not _ignored(k, flat)}
-    if run.summary.get("private") is False or str(flat.get("privacy._target_")).endswith(
-        "NoPrivacy"
-    ):  # a non-private run's clipping settings are unused
-        out = {k: v for k, v in out.items() if not k.startswith("clipping.")}
-    out["method"] = run.method
-    out["dataset"] = run.dataset
-    return out
-
-
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def _key(values: dict[str, object], drop: tuple[str, ...] = ()) -> str:
-    kept = {k: v for k, v in values.items() if not _under(k, drop)}
-    return json.dumps(sorted(kept.items()), default=str)
+    return setting_of(run.config, run.method, run.dataset, run.summary.get("private") is not False)
 
 
 def _epsilon_key(run: Run) -> str:
@@ -110,7 +55,7 @@ def group_runs(runs: list[Run], drop: tuple[str, ...] = ()) -> list[Group]:
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
         values = setting(run)
-        key = (_key(values, drop), _epsilon_key(run))
+        key = (setting_key(values, drop), _epsilon_key(run))
         groups.setdefault(key, Group(values)).runs.append(run)
     out = sorted(groups.values(), key=lambda g: (g.setting["method"], g.epsilon))
     label_groups(out, drop)
@@ -120,14 +65,14 @@ def group_runs(runs: list[Run], drop: tuple[str, ...] = ()) -> list[Group]:
 def differing(settings: list[dict[str, object]], skip: tuple[str, ...] = ()) -> list[str]:
     """Keys that take more than one value among the settings holding them; then, if that
     leaves two different settings looking alike, keys some settings lack."""
-    keys = sorted({k for s in settings for k in s if not _under(k, skip)})
+    keys = sorted({k for s in settings for k in s if not under(k, skip)})
 
     def values(k: str, present: bool) -> set[str]:
         return {json.dumps(s.get(k), default=str) for s in settings if not present or k in s}
 
     out = [k for k in keys if len(values(k, present=True)) > 1]
     shown = {json.dumps([s.get(k) for k in out], default=str) for s in settings}
-    if len(shown) < len({_key(s, skip) for s in settings}):
+    if len(shown) < len({setting_key(s, skip) for s in settings}):
         out = [k for k in keys if len(values(k, present=False)) > 1]
     return out
 
@@ -152,7 +97,7 @@ def series(groups: list[Group]) -> dict[str, list[Group]]:
     naming what differs between the lines; points in order of epsilon."""
     lines: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        lines[_key(g.setting, BUDGET_KEYS)].append(g)
+        lines[setting_key(g.setting, BUDGET_KEYS)].append(g)
     heads = [members[0] for members in lines.values()]
     keys = differing([g.setting for g in heads], skip=(*BUDGET_KEYS, "method", "dataset",
                                                      *METHOD_KEYS))  # fmt: skip

@@ -1,18 +1,21 @@
 """The comparison dashboard as a wandb Report, built in code (wandb-workspaces): accuracy vs
-epsilon per method, throughput and memory per method, and the learning rate x clipping
-threshold map of sweeps. Runs are grouped by the ``method`` every run logs in its config."""
+epsilon, throughput and memory, and the learning rate x clipping threshold map of sweeps.
+Training runs are grouped by the ``setting`` every run logs in its config (one id for the seeds
+of one config, tracking/setting.py), so wandb's mean and spread are over seeds only. Every key
+a panel reads is checked against what a real offline run logs (tests/test_run.py)."""
 
 from __future__ import annotations
 
-PANELS = ("accuracy vs epsilon", "validation accuracy vs epsilon spent", "throughput per method",
-          "peak memory per method", "learning rate x clipping threshold")  # fmt: skip
+PANELS = ("accuracy vs epsilon", "validation accuracy vs epsilon spent",
+          "examples/s per setting (separate processes: not a speed ratio)",
+          "peak memory per setting", "learning rate x clipping threshold")  # fmt: skip
 
 
 def build(entity: str, project: str):
     import wandb_workspaces.reports.v2 as wr
 
     train = wr.Runset(entity=entity, project=project, name="training runs",
-                      filters="Config('job_type') == 'train'", groupby=["method"])  # fmt: skip
+                      filters="Config('job_type') == 'train'", groupby=["setting"])  # fmt: skip
     sweeps = wr.Runset(entity=entity, project=project, name="sweep trials",
                        filters="Config('job_type') == 'sweep'")  # fmt: skip
     return wr.Report(
@@ -31,24 +34,29 @@ def build(entity: str, project: str):
                         y=wr.SummaryMetric("test_accuracy"),
                         log_x=True,
                     ),
-                    wr.LinePlot(title=PANELS[1], x="epsilon", y=["val_acc"], groupby="method"),
+                    wr.LinePlot(title=PANELS[1], x="epsilon", y=["val_acc"], groupby="setting"),
                 ],
             ),  # fmt: skip
-            wr.H1("Cost per method"),
+            wr.H1("Cost per setting"),
+            wr.P(
+                "Each run is timed in its own process, on machines whose load differs "
+                "(summary: machine.load_1m_start/end, machine.cpus): these bars are not "
+                "speed ratios. `python -m dpresearch.benchmark` times methods in one process."
+            ),
             wr.PanelGrid(
                 runsets=[train],
                 panels=[
                     wr.BarPlot(
                         title=PANELS[2],
                         metrics=[wr.SummaryMetric("train_examples_per_s")],
-                        groupby=wr.Config("method"),
+                        groupby=wr.Config("setting"),
                         groupby_aggfunc="mean",
                         groupby_rangefunc="stddev",
                     ),
                     wr.BarPlot(
                         title=PANELS[3],
                         metrics=[wr.SummaryMetric("peak_memory_mb")],
-                        groupby=wr.Config("method"),
+                        groupby=wr.Config("setting"),
                         groupby_aggfunc="mean",
                     ),
                 ],

@@ -78,9 +78,16 @@ class Throughput(pl.Callback):
         return self.examples / self.seconds if self.seconds > 0 else None
 
 
+STAGE_PREFIXES = ("train_", "nonprivate/train_", "val_", "test_")
+
+
 class MetricsRecorder(pl.Callback):
     """Appends every epoch's logged metrics to ``metrics.jsonl`` as soon as they exist, so a
-    run that crashes keeps what it measured."""
+    run that crashes keeps what it measured. A row holds its stage's metrics (``val_*`` in a
+    validation row), never a stale copy of another stage's; a training row (the epoch's end)
+    also every metric of no stage (epsilon spent, a user callback's), and the other rows those
+    whose value is new. Each row has the time it was written (UTC) and the seconds since
+    training started."""
 
     def __init__(self, path: Path, nonprivate: tuple[str, ...] = ()) -> None:
         """``nonprivate``: metric names (or prefixes ending in "/") released outside the
@@ -90,13 +97,24 @@ class MetricsRecorder(pl.Callback):
         self.nonprivate = nonprivate
         self.last: dict[str, float] = {}
         self.released: set[str] = set()  # every metric name written
+        self._t0 = time.time()
 
     def _write(self, trainer: pl.Trainer, stage: str) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = {k: _num(v) for k, v in trainer.callback_metrics.items()}
-        self.last.update(metrics)
-        row = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        current = {k: _num(v) for k, v in trainer.callback_metrics.items()}
+        own = "val_" if stage == "val" else "test_" if stage == "test" else None
+        metrics = {
+            k: v for k, v in current.items()
+            if (k.startswith(own) if own else k.startswith(STAGE_PREFIXES[:2]))
+            or (not k.startswith(STAGE_PREFIXES)
+                and (own is None or k not in self.last or self.last[k] != v))
+        }  # fmt: skip
+        self.last.update(current)
+        now = time.time()
+        row = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+               + f".{int(now % 1 * 1000):03d}Z", "elapsed_s": round(now - self._t0, 3)}  # fmt: skip
         row.update(metrics)
         self.released.update(metrics)
         marked = sorted(k for k in metrics if is_nonprivate(k, self.nonprivate))
@@ -104,6 +122,9 @@ class MetricsRecorder(pl.Callback):
             row["nonprivate"] = marked
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.time()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":

@@ -1,15 +1,18 @@
 """Logger factories for the ``logger`` config group.
 
-wandb runs offline unless the user chose otherwise (WANDB_MODE set, or an API key present):
-without a network, an online ``wandb.init`` retries for minutes.
+wandb runs offline unless the user chose otherwise (``logger.mode``, WANDB_MODE, or wandb's own
+record of a login): without a network, an online ``wandb.init`` retries for minutes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 
 def wandb_logger(
@@ -26,11 +29,20 @@ def wandb_logger(
 ):
     from pytorch_lightning.loggers import WandbLogger
 
-    mode = wandb_mode(mode)
+    mode, why = wandb_mode(mode)
+    log.info("wandb mode: %s (%s)", mode, why)
+    print(f"wandb: {mode} ({why})", flush=True)
     os.environ["WANDB_MODE"] = mode
-    if isinstance(run_config, DictConfig):
-        run_config = OmegaConf.to_container(run_config, resolve=True)
-    run_config = {**(run_config or {}), **(extra_config or {})}  # method etc. for grouping
+    # Hydra's instantiate hands dicts over as DictConfig: wandb would log str() of them.
+    run_config, extra_config = (
+        OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
+        for c in (run_config, extra_config)
+    )
+    run_config = dict(run_config or {})
+    clash = sorted(set(run_config) & set(extra_config or {}))
+    if clash:  # the Hydra nodes are what dashboards plot (clipping.max_grad_norm)
+        raise ValueError(f"wandb config: {clash} would overwrite the run's config nodes")
+    run_config.update(extra_config or {})
     job_type = (extra_config or {}).get("job_type", job_type)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
@@ -46,16 +58,31 @@ def wandb_logger(
     )
 
 
-def wandb_mode(mode: str | None = None) -> str:
-    """The wandb mode to use: as given, else WANDB_MODE, else online only when logged in."""
-    return mode or os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+def wandb_mode(mode: str | None = None) -> tuple[str, str]:
+    """The wandb mode and why: as given (``logger.mode``), else WANDB_MODE, else online when
+    wandb itself finds an API key (``wandb login``'s netrc entry for the configured host, or
+    WANDB_API_KEY), else offline."""
+    if mode:
+        return mode, "logger.mode"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], "WANDB_MODE"
+    if wandb_api_key() is not None:
+        return "online", "logged in"
+    return "offline", "not logged in: `wandb login`, or `wandb sync` the run later"
 
 
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path.home() / ".netrc"
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+def wandb_api_key() -> str | None:
+    """wandb's own lookup of the API key (environment, then netrc for the configured base URL);
+    None when there is none or wandb cannot tell."""
+    try:  # as `wandb` itself finds it (wandb/cli/cli.py: _configured_api_key)
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+
+        settings = wandb_setup.singleton().settings
+        return settings.api_key or wbauth.read_netrc_auth(host=settings.base_url)
+    except Exception as err:  # a broken settings file: say so, and stay offline
+        log.warning("could not read the wandb login (%s); staying offline", err)
+        return None
 
 
 def csv_logger(save_dir: str, **_: object):

@@ -81,11 +81,19 @@ def method_label(summary: dict) -> str:
     return "/".join(str(p) for p in parts)
 
 
-def run_tags(summary: dict, job_type: str) -> tuple[list[str], dict]:
-    """wandb tags and extra config that comparisons group and filter by."""
+def run_tags(summary: dict, job_type: str, config: dict | None = None) -> tuple[list[str], dict]:
+    """wandb tags, and what the run's wandb config adds to its Hydra config: ``method``,
+    ``job_type``, ``setting`` (the id shared by the seeds of one config; dashboards group by
+    it) and short ``labels`` under their own key, so no Hydra node is overwritten."""
+    from dpresearch.tracking.setting import setting_id, setting_of
+
     keys = ("clipping", "engine", "finetune", "sampler", "dataset", "model", "target_epsilon",
             "seed")  # fmt: skip
-    config = {"method": method_label(summary), "job_type": job_type,
-              **{k: summary.get(k) for k in keys}}  # fmt: skip
-    tags = [f"{k}={v}" for k, v in config.items() if v is not None and k != "job_type"]
-    return tags, config
+    labels = {k: summary.get(k) for k in keys}
+    method = method_label(summary)
+    values = setting_of(config or {}, method, str(summary.get("dataset")),
+                        summary.get("private") is not False)  # fmt: skip
+    extra = {"method": method, "job_type": job_type, "setting": setting_id(values),
+             "labels": labels}  # fmt: skip
+    tags = [f"method={method}", *(f"{k}={v}" for k, v in labels.items() if v is not None)]
+    return tags, extra

@@ -274,7 +274,9 @@ class Run:
 
 
 @contextmanager
-def recorded(cfg: DictConfig, out: Path, choices: dict | None) -> Iterator[Run]:
+def recorded(
+    cfg: DictConfig, out: Path, choices: dict | None, multirun: bool = False
+) -> Iterator[Run]:
     """The run's records, however it ends. Rank 0 locks the folder and decides what to resume
     before anything is written (a refusal there leaves a folder holding a run untouched);
     then the attempt's config; then, whether the stages finish or raise, its summary, the
@@ -301,8 +303,10 @@ def recorded(cfg: DictConfig, out: Path, choices: dict | None) -> Iterator[Run]:
             r.summary["attempt"] = r.attempt
             r.write_records = True
             if rank == 0:
-                if cfg.get("print_config", False):
+                if cfg.get("print_config", False) and not multirun:
                     print_config(cfg)
+                elif cfg.get("print_config", False):  # a tree per job drowns a sweep's log
+                    print(f"config: {out / record_names(r.attempt)[0]}", flush=True)
                 OmegaConf.save(cfg, out / record_names(r.attempt)[0], resolve=True)
             yield r
         except BaseException as err:
@@ -515,7 +519,7 @@ def run(
 
     Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
     fails writes its own error log and a failed summary (the others are then stopped)."""
-    with recorded(cfg, Path(output_dir), choices) as r:
+    with recorded(cfg, Path(output_dir), choices, multirun) as r:
         prepare(r, multirun)
         fit(r)
         evaluate(r)

@@ -226,8 +226,11 @@ def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_multirun_writes_one_summary_per_run(tmp_path) -> None:
     out = _run_py("-m", "privacy.target_epsilon=1,8", "trainer.max_epochs=1", *FAST,
-                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)  # fmt: skip
+                  "print_config=true", f"hydra.sweep.dir={tmp_path}/sweep",
+                  cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+    # One line per job naming its saved config, not a config tree per job.
+    assert "── dataset" not in out.stdout and out.stdout.count("config: ") == 2
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 2
     eps = [json.loads(p.read_text())["epsilon"] for p in summaries]

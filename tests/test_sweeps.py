@@ -77,7 +77,9 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
     proc.wait()
     before = {t.number: t.value for t in finished(load(tmp_path))}
     assert 3 <= len(before) < 5, "interrupt the study before it completes"
-    sweep(tmp_path, *args)  # resume
+    out = sweep(tmp_path, *args)  # resume
+    assert "trials finished; heatmap.csv, heatmap.png, history.png, trials.csv" in out.stdout
+    assert str(tmp_path) in out.stdout  # says where its outputs are
     study = load(tmp_path)
     after = finished(study)
     assert len(after) == 5
@@ -90,6 +92,7 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
     plotted = list(csv.DictReader((tmp_path / "heatmap.csv").open()))
     table = {r["number"]: r for r in rows if r["state"] == "COMPLETE"}
     assert (tmp_path / "heatmap.png").stat().st_size > 0 and len(plotted) == len(table)
+    assert (tmp_path / "history.png").stat().st_size > 0  # Optuna's optimization history
     for p in plotted:  # the figure's data are the table's
         r = table[p["number"]]
         assert float(p["optimizer.lr"]) == pytest.approx(float(r["param:optimizer.lr"]))
@@ -215,3 +218,32 @@ def test_the_report_skips_a_truncated_summary_naming_it(tmp_path, caplog) -> Non
     runs = find_runs([tmp_path])
     assert [r.folder for r in runs] == [good]
     assert f"skipping {bad}" in caplog.text
+
+
+def test_sweep_figure_spans_the_space_marks_the_best_by_direction_and_shows_pruned(tmp_path):
+    from dpresearch.sweeps.results import plot, plot_history, trial_rows
+    from dpresearch.sweeps.study import distributions
+
+    space = distributions({
+        "lr": {"key": "optimizer.lr", "type": "float", "low": 1e-4, "high": 1.0, "log": True},
+        "clip": {"key": "clipping.max_grad_norm", "type": "float", "low": 0.01, "high": 10.0,
+                 "log": True}})  # fmt: skip
+    study = optuna.create_study(direction="minimize")
+    for i, (lr, clip) in enumerate([(1e-3, 1.0), (1e-2, 0.1), (0.1, 5.0), (0.5, 0.05)]):
+        trial = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(lr, lr),
+                           "clipping.max_grad_norm": optuna.distributions.FloatDistribution(
+                               clip, clip)})  # fmt: skip
+        if i == 2:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif i == 3:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, [0.9, 0.4][i])  # a loss: the best is the smaller
+    drawn = plot(trial_rows(study), space, "val_loss", tmp_path / "heatmap.png", "minimize")
+    assert drawn["best"] == 1 and (drawn["completed"], drawn["pruned"], drawn["failed"]) == (
+        2, 1, 1)  # fmt: skip
+    assert drawn["xlim"][0] < 1e-4 and drawn["xlim"][1] > 1.0  # the whole search space
+    assert drawn["ylim"][0] < 0.01 and drawn["ylim"][1] > 10.0
+    assert plot_history(study, tmp_path / "history.png")
+    maximize = plot(trial_rows(study), space, "val_loss", tmp_path / "h2.png", "maximize")
+    assert maximize["best"] == 0

@@ -29,7 +29,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from dpresearch.sweeps.results import plot, write_trials
+from dpresearch.sweeps.results import plot, plot_history, write_trials
 from dpresearch.sweeps.study import (
     distributions,
     finished_trials,
@@ -138,6 +138,9 @@ class OptunaSweeperImpl(Sweeper):
         if best is not None:
             log.info("best trial %d: %s = %.4f with %s", best.number, self.objective,
                      best.value, best.params)  # fmt: skip
+        outputs = ", ".join(p.name for p in sorted(sweep_dir.glob("*.[cp][sn][vg]")))
+        print(f"sweep {self.study_name}: {finished_trials(study)} trials finished; {outputs} "
+              f"and one folder per trial in {sweep_dir}", flush=True)  # fmt: skip
         return study
 
     def _overrides(self, trial: optuna.Trial, fixed: list[str], url: str) -> list[str]:
@@ -191,7 +194,8 @@ class OptunaSweeperImpl(Sweeper):
     def _write_results(self, study: optuna.Study, sweep_dir: Path) -> None:
         rows = write_trials(study, sweep_dir / "trials.csv")
         name = "heatmap.png" if len(self.space) == 2 else "curve.png"
-        plot(rows, list(self.space), self.objective, sweep_dir / name)
+        plot(rows, self.space, self.objective, sweep_dir / name, self.direction)
+        plot_history(study, sweep_dir / "history.png")
 
 
 def register() -> None:

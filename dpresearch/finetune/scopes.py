@@ -132,7 +132,10 @@ class LoRA(HeadOnly):
         return "all-linear"
 
     def apply(self, model: nn.Module) -> nn.Module:
-        from peft import LoraConfig, inject_adapter_in_model
+        from dpresearch.hf_hub import require
+
+        peft = require("peft", "finetune=lora")
+        LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model  # noqa: N806
 
         if self.r < 1:
             raise ValueError(f"finetune.r must be >= 1, got {self.r}")

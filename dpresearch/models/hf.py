@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dpresearch.hf_hub import PretrainedUnavailable, load_tokenizer, resolve_name, unavailable
+from dpresearch.hf_hub import (
+    PretrainedUnavailable,
+    load_tokenizer,
+    require,
+    resolve_name,
+    unavailable,
+)
 
 __all__ = ["HFTextClassifier", "PretrainedUnavailable", "load_encoder", "load_tokenizer"]
 
@@ -28,7 +34,8 @@ def load_encoder(
     name: str, pretrained: bool, architecture: str | None = None, overrides: dict | None = None
 ) -> nn.Module:
     """``overrides`` set config fields (e.g. dropout probabilities, number of layers)."""
-    from transformers import AutoConfig, AutoModel
+    transformers = require("transformers", f"model.name={name}")
+    AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel  # noqa: N806
 
     overrides = dict(overrides or {})
     path = resolve_name(name)

@@ -83,7 +83,8 @@ def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
     sbatch(slurm, f"--output={tmp_path}/run-%j.out", "slurm/run.sbatch", *FAST,
            f"hydra.run.dir={out}/single")  # fmt: skip
     grid = tmp_path / "grid.txt"
-    grid.write_text("optimizer.lr=0.01\noptimizer.lr=0.02\n")
+    # A quoted value with a space stays one override (the line is split as a shell would).
+    grid.write_text("optimizer.lr=0.01 'name=my run'\noptimizer.lr=0.02\n")
     env = {**slurm, "DPRESEARCH_OUT": str(out / "sweep")}
     sbatch(env, "--array=1-2", f"--output={tmp_path}/sweep-%A_%a.out", "slurm/sweep.sbatch",
            str(grid), *FAST)  # fmt: skip
@@ -91,6 +92,7 @@ def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
     swept = summaries(out / "sweep")
     assert sorted(s["seed"] for s in swept) == [0, 0] and len(swept) == 2
     assert all(s["status"] == "completed" for s in swept)
+    assert sorted(s["experiment"] for s in swept) == ["digits_dp", "my run"]
 
 
 def test_optuna_workers_share_one_study(slurm, tmp_path) -> None:

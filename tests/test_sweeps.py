@@ -247,3 +247,20 @@ def test_sweep_figure_spans_the_space_marks_the_best_by_direction_and_shows_prun
     assert plot_history(study, tmp_path / "history.png")
     maximize = plot(trial_rows(study), space, "val_loss", tmp_path / "h2.png", "maximize")
     assert maximize["best"] == 0
+
+
+def test_a_storage_password_stays_out_of_trial_configs_and_logs(tmp_path, monkeypatch) -> None:
+    from dpresearch.sweeps.study import STORAGE_ENV, make_storage, redact, trial_storage
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    secret = "postgresql://alice:s3cret@db.example.org:5432/studies"
+    assert redact(secret) == "postgresql://alice:***@db.example.org:5432/studies"
+    named = trial_storage(secret)
+    assert "s3cret" not in named and named == f"env:{STORAGE_ENV}"
+    assert os.environ[STORAGE_ENV] == secret  # what the trial's process reads
+    plain = f"sqlite:///{tmp_path / 'study.db'}"
+    assert trial_storage(plain) == plain and redact(plain) == plain
+    monkeypatch.setenv("MY_STORAGE", plain)
+    assert isinstance(make_storage("env:MY_STORAGE"), optuna.storages.RDBStorage)
+    with pytest.raises(ValueError, match="NOT_SET is not set"):
+        make_storage("env:NOT_SET")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
 
@@ -15,12 +17,40 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "threshold", "none")
 
 
+STORAGE_ENV = "DPRESEARCH_OPTUNA_STORAGE"
+
+
+def redact(url: str) -> str:
+    """The URL with its password, if any, replaced by ***: for logs and records."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def trial_storage(url: str) -> str:
+    """How a trial's config names the study's storage: the URL itself, or, when it holds a
+    password, ``env:`` and the environment variable that carries it to the trial's process
+    (so the password is in no saved config, override list or path)."""
+    if not urlsplit(url).password:
+        return url
+    os.environ[STORAGE_ENV] = url
+    return f"env:{STORAGE_ENV}"
+
+
 def make_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.BaseStorage:
     """``sqlite:///file.db`` or any RDB URL (shared by SLURM workers on one filesystem or
     server), or ``journal:///path/file.log`` (a journal file, for filesystems without locks
     SQLite trusts). A file's folder must exist (SQLite would otherwise retry for seconds and
     fail without naming it). With ``heartbeat_s``, the running trials of a worker that died
-    (SIGKILL, a lost node) become FAIL after three missed heartbeats (RDB storages)."""
+    (SIGKILL, a lost node) become FAIL after three missed heartbeats (RDB storages).
+    ``env:NAME`` reads the URL from the environment variable NAME."""
+    if url.startswith("env:"):
+        name = url[len("env:") :]
+        if not os.environ.get(name):
+            raise ValueError(f"storage {url}: the environment variable {name} is not set")
+        url = os.environ[name]
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -30,7 +60,7 @@ def make_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         raise ValueError(
-            f"hydra.sweeper.storage={url!r}: give an RDB URL (sqlite:///path.db, "
+            f"hydra.sweeper.storage={redact(url)!r}: give an RDB URL (sqlite:///path.db, "
             "postgresql://...) or journal:///path.log"
         )
     if url.startswith("sqlite:///"):

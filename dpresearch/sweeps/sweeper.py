@@ -37,7 +37,9 @@ from dpresearch.sweeps.study import (
     heartbeats,
     make_pruner,
     open_study,
+    redact,
     started_trials,
+    trial_storage,
 )
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class OptunaSweeperImpl(Sweeper):
         if sampler_size is not None and self.n_trials > sampler_size:
             log.info("n_trials=%d capped at the grid's %d points", self.n_trials, sampler_size)
             self.n_trials = sampler_size
-        log.info("study %s in %s: %d of %d trials finished", self.study_name, url,
+        log.info("study %s in %s: %d of %d trials finished", self.study_name, redact(url),
                  finished_trials(study), self.n_trials)  # fmt: skip
         # Trials running in other workers count against n_trials where heartbeats tell the
         # living from the dead (RDB storages); the worker then waits for them, so its
@@ -149,7 +151,8 @@ class OptunaSweeperImpl(Sweeper):
         # The trial's folder is named by its number in the study: unique across workers.
         meta = [f"hydra.sweep.subdir={trial.number}",
                 f"+sweep_trial.trial_id={trial._trial_id}", f"+sweep_trial.number={trial.number}",
-                f"+sweep_trial.study={self.study_name}", f"+sweep_trial.storage='{url}'",
+                f"+sweep_trial.study={self.study_name}",
+                f"+sweep_trial.storage='{trial_storage(url)}'",
                 f"+sweep_trial.prune={self.pruner_spec is not None}"]  # fmt: skip
         for key, value in (self.pruner_spec or {}).items():  # the trial rebuilds the pruner
             meta.append(f"+sweep_trial.pruner.{key}={value}")

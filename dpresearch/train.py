@@ -28,6 +28,7 @@ from dpresearch.checkpointing import LAST, AtomicCheckpointIO, RandomState, chec
 from dpresearch.compiling import compile_model
 from dpresearch.config_types import check_config_types
 from dpresearch.divergence import Diverged, DivergenceGuard
+from dpresearch.extras import Extras
 from dpresearch.finetune import parameter_counts
 from dpresearch.module import ClassificationModule, classification_losses
 from dpresearch.preemption import PREEMPTED_EXIT, Preempted, Preemption
@@ -286,10 +287,12 @@ def recorded(
     rank = process_rank(None)
     r = Run(cfg, out, dict(choices or {}),
             {"experiment": cfg.get("name"), "seed": cfg.seed, "status": "running",
-             "output_dir": str(out)})  # fmt: skip
+             "output_dir": str(out), "tags": list(cfg.get("tags") or [])})  # fmt: skip
     start = machine_load()
     r.summary["machine"] = {"host": start["host"], "cpus": start["cpus"],
                             "load_1m_start": start["load_1m"]}  # fmt: skip
+    extras = build(cfg.extras) if cfg.get("extras") else Extras()
+    extras.apply()
     if threading.current_thread() is threading.main_thread():
         r.preemption.install()
     with ExitStack() as folder:
@@ -303,9 +306,9 @@ def recorded(
             r.summary["attempt"] = r.attempt
             r.write_records = True
             if rank == 0:
-                if cfg.get("print_config", False) and not multirun:
+                if extras.print_config and not multirun:
                     print_config(cfg)
-                elif cfg.get("print_config", False):  # a tree per job drowns a sweep's log
+                elif extras.print_config:  # a tree per job drowns a sweep's log
                     print(f"config: {out / record_names(r.attempt)[0]}", flush=True)
                 OmegaConf.save(cfg, out / record_names(r.attempt)[0], resolve=True)
             yield r
@@ -441,6 +444,7 @@ def prepare(r: Run, multirun: bool) -> None:
     tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train",
                             OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
     config["nonprivate_metrics"] = list(nonprivate)
+    tags = [*tags, *(str(t) for t in cfg.get("tags") or ())]
     summary["setting"] = config["setting"]  # the seeds of one config share it
     r.logger = instantiate(cfg.logger, save_dir=str(r.out), run_config=cfg, _recursive_=False,
                            extra_tags=tags, extra_config=config)  # fmt: skip

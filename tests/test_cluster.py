@@ -45,7 +45,7 @@ from dpresearch.run_folder import LOCK, RunFolderError, locked
 from dpresearch.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 SIGMA = ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]
 
 

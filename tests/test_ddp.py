@@ -17,7 +17,7 @@ from dpresearch.data.samplers import MaskedPoissonSampling, PoissonSampling, Shu
 from dpresearch.train import ddp_options, run
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 # One logical step per Lightning batch; plain SGD so a step is exactly -lr * gradient.
 STEP = ["optimizer=sgd", "optimizer.momentum=0", "optimizer.lr=0.5", "trainer.max_epochs=1",
         "sampler.max_physical_batch_size=48"]  # fmt: skip
@@ -178,7 +178,7 @@ def test_crashing_rank_brings_the_job_down(rank, tmp_path) -> None:
 
 def test_one_wandb_run_per_job_from_rank_zero(tmp_path) -> None:
     out = tmp_path / "wandb_job"
-    done = run_py("logger=wandb", "print_config=false", "trainer.enable_progress_bar=false",
+    done = run_py("logger=wandb", "extras.print_config=false", "trainer.enable_progress_bar=false",
                   "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
                   f"hydra.run.dir={out}", cwd=tmp_path, wandb="offline")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -104,7 +104,7 @@ def test_offline_minilm_experiment_runs_end_to_end(compose_cfg, tmp_path, scope,
     from dpresearch.train import run
 
     cfg = compose_cfg([f"+experiment=minilm_sentiment_{scope}_dp", "logger=csv",
-                       "print_config=false", "trainer.enable_progress_bar=false",
+                       "extras.print_config=false", "trainer.enable_progress_bar=false",
                        "trainer.max_epochs=1", "dataset.n_train=128", "dataset.n_test=32",
                        "run.checkpoint=false", f"clipping.engine={engine}",
                        "sampler.max_physical_batch_size=16",

@@ -40,7 +40,7 @@ def run_without_text(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_digits_trains_without_the_text_extra(tmp_path) -> None:
-    out = run_without_text("trainer.max_epochs=1", "logger=none", "print_config=false",
+    out = run_without_text("trainer.max_epochs=1", "logger=none", "extras.print_config=false",
                            "trainer.enable_progress_bar=false",
                            f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

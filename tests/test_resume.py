@@ -17,7 +17,7 @@ from dpresearch.privacy import PrivacyConfigError, compute_epsilon
 from dpresearch.privacy.noise import secure_normal
 from dpresearch.train import run
 
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 SIGMA = ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]
 
 

@@ -19,7 +19,7 @@ from dpresearch.train import run
 from tests.helpers.wandb_files import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 
 
 def test_default_run_writes_complete_summary(compose_cfg, tmp_path) -> None:
@@ -226,7 +226,7 @@ def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_multirun_writes_one_summary_per_run(tmp_path) -> None:
     out = _run_py("-m", "privacy.target_epsilon=1,8", "trainer.max_epochs=1", *FAST,
-                  "print_config=true", f"hydra.sweep.dir={tmp_path}/sweep",
+                  "extras.print_config=true", f"hydra.sweep.dir={tmp_path}/sweep",
                   cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     # One line per job naming its saved config, not a config tree per job.
@@ -275,7 +275,7 @@ def report_keys() -> dict[str, set[str]]:
 
 def test_run_py_prints_final_table_and_wandb_goes_offline(tmp_path) -> None:
     env_out = _run_py("+experiment=mnist1d_dp", "trainer.max_epochs=1", "logger=wandb",
-                      "logger.mode=offline", "print_config=false",
+                      "logger.mode=offline", "extras.print_config=false",
                       f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
     assert env_out.returncode == 0, env_out.stderr[-3000:]
     for label in ("test accuracy", "epsilon", "delta", "noise multiplier", "sample rate",

@@ -17,7 +17,7 @@ import pytest
 from tests import slurm_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false",
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false",
         "trainer.max_epochs=1", "privacy.target_epsilon=null",
         "privacy.noise_multiplier=1.0"]  # fmt: skip
 

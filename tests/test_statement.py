@@ -11,7 +11,7 @@ from dpresearch.data.base import DataError
 from dpresearch.data.text import TextFiles
 from dpresearch.train import run
 
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false",
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false",
         "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]  # fmt: skip
 
 

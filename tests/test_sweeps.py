@@ -26,7 +26,7 @@ from dpresearch.sweeps.study import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=none", "print_config=false", "trainer.enable_progress_bar=false",
+FAST = ["logger=none", "extras.print_config=false", "trainer.enable_progress_bar=false",
         "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]  # fmt: skip
 
 

@@ -52,3 +52,34 @@ def test_the_choice_made_explicitly_wins(netrc, monkeypatch) -> None:
     assert wandb_mode("offline") == ("offline", "logger.mode")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == ("disabled", "WANDB_MODE")
+
+
+def test_extras_silence_only_the_known_harmless_warnings_and_tips(caplog) -> None:
+    import logging
+    import warnings
+
+    from dpresearch.extras import Extras
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Extras(ignore_warnings=True).apply()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", stacklevel=1)
+        warnings.warn(
+            "The `srun` command is available on your system but is not used.", stacklevel=1
+        )
+        warnings.warn("a warning about the user's own run", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning about the user's own run"]
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging ...")
+        rank_zero_info("a real message")
+    assert "a real message" in caplog.text and "Tip" not in caplog.text
+
+
+def test_tags_reach_the_summary(compose_cfg, tmp_path) -> None:
+    from dpresearch.train import run
+
+    cfg = compose_cfg(["logger=none", "extras.print_config=false", "trainer.max_epochs=1",
+                       "trainer.enable_progress_bar=false", "tags=[ablation,v2]"])  # fmt: skip
+    assert run(cfg, tmp_path)["tags"] == ["ablation", "v2"]

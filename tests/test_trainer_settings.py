@@ -8,7 +8,7 @@ from dpresearch.privacy import compute_epsilon
 from dpresearch.train import run
 from dpresearch.trainer_settings import run_length
 
-FAST = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false",
+FAST = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false",
         "run.checkpoint=false"]  # fmt: skip
 
 

@@ -74,11 +74,20 @@ def wandb_mode(mode: str | None = None) -> tuple[str, str]:
 def wandb_api_key() -> str | None:
     """wandb's own lookup of the API key (environment, then netrc for the configured base URL);
     None when there is none or wandb cannot tell."""
-    try:  # as `wandb` itself finds it (wandb/cli/cli.py: _configured_api_key)
-        from wandb.sdk import wandb_setup
+    try:  # as `wandb` itself finds it (cli.py's _configured_api_key on wandb_setup's settings),
+        # on a fresh Settings: building wandb's singleton now would freeze the environment
+        # before WANDB_MODE is set, and wandb.init would then warn that changes are ignored.
         from wandb.sdk.lib import wbauth
+        from wandb.sdk.wandb_settings import Settings
 
-        settings = wandb_setup.singleton().settings
+        settings = Settings()
+        folder = os.getenv("WANDB_CONFIG_DIR")
+        settings.settings_system = str(
+            Path(folder).expanduser() / "settings" if folder
+            else Path("~", ".config", "wandb", "settings").expanduser()
+        )  # fmt: skip
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(os.environ.copy())
         return settings.api_key or wbauth.read_netrc_auth(host=settings.base_url)
     except Exception as err:  # a broken settings file: say so, and stay offline
         log.warning("could not read the wandb login (%s); staying offline", err)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-/tmp/dpresearch-finetune}
 export HF_HUB_OFFLINE=1
 for scope in full lora bias_only; do
-  python run.py +experiment=minilm_sentiment_${scope}_dp logger=csv print_config=false \
+  python run.py +experiment=minilm_sentiment_${scope}_dp logger=csv extras.print_config=false \
     trainer.enable_progress_bar=false hydra.run.dir=$out/$scope
 done
 python -m dpresearch.benchmark model=minilm dataset=sentiment_templates dataset.max_length=128 \

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-/tmp/dpresearch-privacy-utility}
-common=(+experiment=digits_dp name=privacy_utility_digits logger=csv print_config=false
+common=(+experiment=digits_dp name=privacy_utility_digits logger=csv extras.print_config=false
         trainer.enable_progress_bar=false)
 python run.py -m "${common[@]}" clipping=fixed,automatic privacy.target_epsilon=0.5,1,2,4,8 \
   seed=0,1,2 hydra.sweep.dir=$out/dp

@@ -44,7 +44,7 @@ METHODS = {
 # The measured workload: the default small CNN on digits, 6 epochs (30 steps at batch 256).
 WORKLOAD = ["dataset=digits", "model=small_cnn", "sampler.max_physical_batch_size=256",
             "trainer.max_epochs=6"]  # fmt: skip
-QUIET = ["logger=csv", "print_config=false", "trainer.enable_progress_bar=false"]
+QUIET = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

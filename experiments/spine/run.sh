@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-/tmp/dpresearch-spine}
 for exp in digits_dp digits_nonprivate mnist1d_dp; do
-  python run.py +experiment=$exp logger=csv print_config=false trainer.enable_progress_bar=false \
+  python run.py +experiment=$exp logger=csv extras.print_config=false trainer.enable_progress_bar=false \
     hydra.run.dir=$out/$exp
 done
 python experiments/spine/collect.py $out/digits_dp $out/digits_nonprivate $out/mnist1d_dp

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-/tmp/dpresearch-sweeps}
-common=(+experiment=digits_dp optimizer=sgd trainer.max_epochs=15 logger=none print_config=false
+common=(+experiment=digits_dp optimizer=sgd trainer.max_epochs=15 logger=none extras.print_config=false
         trainer.enable_progress_bar=false)
 python run.py -m hparams_search=lr_vs_clip_grid clipping=fixed "${common[@]}" \
   hydra.sweeper.study_name=fixed hydra.sweep.dir=$out/fixed

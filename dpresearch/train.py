@@ -248,6 +248,19 @@ def build_callbacks(node: DictConfig | None) -> dict[str, Any]:
     return built
 
 
+def selections(callbacks: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Callbacks that choose what is released by a monitored metric: early stopping (the
+    stopping step) and a monitoring ModelCheckpoint (the checkpoint kept)."""
+    out = []
+    for name, obj in callbacks.items():
+        monitor = getattr(obj, "monitor", None)
+        if isinstance(obj, pl.callbacks.EarlyStopping):
+            out.append((f"callbacks.{name}", "the stopping step", str(monitor)))
+        elif isinstance(obj, pl.callbacks.ModelCheckpoint) and monitor:
+            out.append((f"callbacks.{name}", "the checkpoint kept", str(monitor)))
+    return out
+
+
 @dataclass
 class Run:
     """One run as its stages build it. ``recorded`` writes whatever exists when it ends."""
@@ -287,7 +300,8 @@ def recorded(
     rank = process_rank(None)
     r = Run(cfg, out, dict(choices or {}),
             {"experiment": cfg.get("name"), "seed": cfg.seed, "status": "running",
-             "output_dir": str(out), "tags": list(cfg.get("tags") or [])})  # fmt: skip
+             "output_dir": str(out), "tags": list(cfg.get("tags") or []),
+             "debug": cfg.get("debug") or None})  # fmt: skip
     start = machine_load()
     r.summary["machine"] = {"host": start["host"], "cpus": start["cpus"],
                             "load_1m_start": start["load_1m"]}  # fmt: skip
@@ -420,6 +434,8 @@ def prepare(r: Run, multirun: bool) -> None:
     plan = r.plan = choose_engine(plan, model, clipping, check)
     summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},
                    num_train=datamodule.num_train)  # fmt: skip
+    # Which debug mode, if any (trainer.fast_dev_run set by hand counts as fdr).
+    summary["debug"] = cfg.get("debug") or ("fdr" if plan.debug else None)
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     strategy = r.strategy = build_strategy(plan, privacy, clipping, sampling, device, cfg.seed,
                                            ddp)  # fmt: skip
@@ -438,7 +454,8 @@ def prepare(r: Run, multirun: bool) -> None:
     r.facts = RunFacts(summary, privacy.randomness if privacy.enabled else None,
                        recorder.released, nonprivate, datamodule.public_validation,
                        datamodule.label_source, bool(cfg.get("sweep_trial")),
-                       r.pruning is not None, r.checkpointing)  # fmt: skip
+                       r.pruning is not None, r.checkpointing,
+                       selections=selections(extra))  # fmt: skip
     r.module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
                                     train_metrics=train_prefix)  # fmt: skip
     tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train",
@@ -457,6 +474,9 @@ def prepare(r: Run, multirun: bool) -> None:
         callbacks.append(checkpoint_callback(r.out))
     if r.pruning is not None:
         callbacks.append(r.pruning)
+    for obj in extra.values():  # a checkpoint callback of the group saves into the run folder
+        if isinstance(obj, pl.callbacks.ModelCheckpoint) and obj.dirpath is None:
+            obj.dirpath = str(r.out / "checkpoints")
     callbacks += [obj for obj in extra.values() if isinstance(obj, pl.Callback)]
     strategy.checkpoint_io = AtomicCheckpointIO()  # temporary file beside the target
     r.trainer = instantiate_trainer(
@@ -512,7 +532,7 @@ def evaluate(r: Run) -> None:
     test = r.trainer.test(r.module, datamodule=r.datamodule, verbose=False)
     r.summary["test_accuracy"] = test[0].get("test_acc") if test else None
     r.summary["status"] = "pruned" if r.pruning is not None and r.pruning.pruned else "completed"
-    if r.plan.debug:  # fast_dev_run: a smoke test of the code path, not a result
+    if r.plan.debug or r.cfg.get("debug"):  # a check of the code path, not a result
         r.summary["status"] = "debug"
 
 

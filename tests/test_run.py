@@ -296,3 +296,11 @@ def test_run_py_prints_final_table_and_wandb_goes_offline(tmp_path) -> None:
     assert not wanted["config"] - set(logged.config), wanted["config"] - set(logged.config)
     assert not wanted["summary"] - set(logged.summary)
     assert not wanted["history"] - logged.history_keys
+
+
+@pytest.mark.parametrize("debug,private", [("limit", True), ("overfit", False), ("fdr", True)])
+def test_debug_runs_are_marked_debug(compose_cfg, tmp_path, debug, private) -> None:
+    cfg = compose_cfg([*FAST, f"debug={debug}", "trainer.max_epochs=2"])
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "debug" and summary["debug"] == debug
+    assert summary["private"] is private  # overfit replays one batch: never under DP

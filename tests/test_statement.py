@@ -124,3 +124,23 @@ def test_a_failed_run_still_states_what_it_did(compose_cfg, tmp_path) -> None:
     assert saved["privacy_statement"]["guarantee"].startswith(f"({saved['epsilon']:.4g}, 1e-05)")
     covered = saved["privacy_statement"]["data_accesses"]["covered"]
     assert covered.startswith(f"the {saved['steps']} DP-SGD steps")
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_early_stopping_and_a_best_checkpoint_are_selections_the_statement_names(
+    compose_cfg, tmp_path, public
+) -> None:
+    out = tmp_path / "run"
+    overrides = [*FAST, "trainer.max_epochs=2", "callbacks=[early_stopping,model_checkpoint]",
+                 f"dataset.public_validation={str(public).lower()}"]  # fmt: skip
+    summary = run(compose_cfg(overrides), out)
+    statement = summary["privacy_statement"]
+    selection = statement["data_accesses"]["selection"]
+    assert "callbacks.early_stopping chooses the stopping step by val_acc" in selection
+    assert "callbacks.model_checkpoint chooses the checkpoint kept by val_acc" in selection
+    assert ("NOT accounted" in selection) is not public
+    assert released(statement)["final model weights"] is public  # chosen by a covered metric?
+    assert (out / "checkpoints" / "best.ckpt").exists() and (
+        out / "checkpoints" / "last.ckpt"
+    ).exists()
+    assert "callbacks.early_stopping" in (out / "privacy_statement.md").read_text()

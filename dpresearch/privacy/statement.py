@@ -31,6 +31,12 @@ class RunFacts:
     pruning: bool = False
     checkpoints: bool = True
     resumed_steps: int = 0  # DP steps the resumed checkpoint had already taken
+    # Callbacks that choose what is released by a metric: (callbacks.NAME, what, monitor).
+    selections: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def private_selection(self) -> bool:
+        """Whether every selection reads only covered metrics (or there is none)."""
+        return not any(is_nonprivate(m, self.nonprivate) for _, _, m in self.selections)
 
 
 def metric_policy(
@@ -99,9 +105,21 @@ def _metric(name: str, facts: RunFacts) -> dict:
 def privacy_statement(facts: RunFacts) -> dict:
     s = facts.summary
     private = bool(s.get("private"))
+    chosen = [f"{name} ({what} by {monitor})" for name, what, monitor in facts.selections]
+    if not private:
+        why = "non-private run"
+    elif facts.private_selection():
+        why = "post-processing of the noised updates" + (
+            f"; chosen by {', '.join(chosen)} on covered metrics" if chosen else ""
+        )
+    else:
+        why = (
+            f"chosen by {', '.join(chosen)}: a metric of the validation split, which is "
+            "not covered (declare it public with dataset.public_validation=true)"
+        )
     released = [
-        {"what": "final model weights", "covered": private,
-         "why": "post-processing of the noised updates" if private else "non-private run"},
+        {"what": "final model weights", "covered": private and facts.private_selection(),
+         "why": why},
     ]  # fmt: skip
     if facts.checkpoints:
         secure = facts.randomness == "secure"
@@ -166,6 +184,12 @@ def privacy_statement(facts: RunFacts) -> dict:
                 if facts.pruning
                 else "none"
             ),
+            "selection": "; ".join(
+                f"{name} chooses {what} by {monitor}"
+                + ("" if not is_nonprivate(monitor, facts.nonprivate) else ": NOT accounted")
+                for name, what, monitor in facts.selections
+            )
+            or "none: the model of the last step is released",
         },  # fmt: skip
         mechanism={
             "name": "DP-SGD: per-example clipping, Gaussian noise once per step",

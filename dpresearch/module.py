@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpresearch.data.padding import PAD_LABEL
+from dpresearch.frozen_base import restore_frozen, strip_frozen
 
 
 def classification_losses(model: nn.Module, batch) -> torch.Tensor:
@@ -68,6 +69,17 @@ class ClassificationModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        strip_frozen(self, checkpoint)  # parameter-efficient runs: what was trained, only
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_frozen(self, checkpoint)  # the base rebuilt from the config, verified
+
+    def load_checkpoint_state(self, checkpoint: dict) -> None:
+        """The weights of a checkpoint, outside a Trainer (evaluation)."""
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,5 +1,6 @@
-"""Preemption: SIGTERM (SLURM preemption, its time limit, scancel) and SIGUSR1 (the warning
-``sbatch --signal=USR1@90`` sends before the limit) stop the run at the next step boundary.
+"""Preemption: SIGTERM (SLURM preemption, its time limit, scancel), SIGUSR1 (the warning
+``sbatch --signal=USR1@90`` sends before the limit) and SIGUSR2 (submitit's warning, for jobs
+of the hydra/launcher=slurm launcher) stop the run at the next step boundary.
 
 During training, both go through Lightning's own SIGTERM handling, which finishes the current
 optimizer step on every rank and raises ``SIGTERMException``; this callback then saves
@@ -7,7 +8,9 @@ optimizer step on every rank and raises ``SIGTERMException``; this callback then
 interrupts at once: nothing new is lost (training's checkpoint is already on disk). Either
 way the run's records say ``"status": "preempted"`` and the process exits with
 ``PREEMPTED_EXIT`` (75, EX_TEMPFAIL: try again), which ``slurm/*.sbatch`` turn into a requeue;
-``run.resume=auto`` then continues from the checkpoint.
+``run.resume=auto`` then continues from the checkpoint. Under submitit, once the records are
+written, the signal is handed to submitit's own handler, which requeues the task (it comes
+back with the same command, and a requeued job resumes: ``run_folder.resume_choice``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 PREEMPTED_EXIT = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preempted(BaseException):  # noqa: N818 - a stop, like KeyboardInterrupt, not an error
@@ -39,6 +42,7 @@ class Preemption(pl.Callback):
         self.fitting = False
         self.checkpoint: Path | None = None  # where training's stop saved its state
         self._previous: dict[int, object] = {}
+        self._handed: dict[int, object] = {}
 
     def install(self) -> None:
         for signum in SIGNALS:
@@ -47,7 +51,21 @@ class Preemption(pl.Callback):
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._handed = dict(self._previous)  # for hand_over, once the records are written
         self._previous.clear()
+
+    def hand_over(self) -> None:
+        """After the records are written: give the stop signal to the handler that was
+        there before ours when it is a Python one (submitit's, which requeues the task and
+        exits); a default or ignoring handler has nothing to do."""
+        if self.signal is None:
+            return
+        signum = signal.Signals[self.signal]
+        previous = self._handed.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.warning("%s: handing over to %s", self.signal, getattr(previous, "__qualname__",
+                                                                       previous))  # fmt: skip
+            previous(signum, None)
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name

@@ -93,10 +93,22 @@ def existing_run(out: Path) -> str | None:
     return ", ".join(found) or None
 
 
+def requeued() -> bool:
+    """Whether this process is a SLURM job that was requeued (a timed-out or preempted
+    submitit task, or an sbatch job, coming back with the same command)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
 def resume_choice(cfg: DictConfig) -> bool | str:
+    """run.resume; in a requeued SLURM job, ``false`` acts as ``auto``: the job re-runs its
+    own command, so the folder it finds is its own interrupted run, to be continued."""
     value = cfg.get("run", {}).get("resume", False)
     if value not in RESUME_CHOICES or isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f"run.resume={value!r} is not one of false, true, auto")
+    if value is False and not cfg.get("ckpt_path") and requeued():
+        log.warning("requeued SLURM job (SLURM_RESTART_COUNT=%s): run.resume=auto",
+                    os.environ["SLURM_RESTART_COUNT"])  # fmt: skip
+        return "auto"
     return value
 
 

@@ -346,6 +346,8 @@ def recorded(
             r.preemption.restore()
             if r.write_records:
                 _finish_records(r)
+            if r.summary.get("status") == "preempted":
+                r.preemption.hand_over()  # submitit: requeue the task, now its records exist
     if process_rank(r.trainer) == 0:
         print_summary(r.summary)
 

@@ -154,3 +154,35 @@ def test_a_preempted_job_is_requeued_and_resumes(slurm, tmp_path) -> None:
     done = summaries(out)[0]
     assert done["status"] == "completed" and done["attempt"] == 1, log[-3000:]
     assert done["steps"] == 50 and (out / "config.resume_1.yaml").exists()
+
+
+def test_a_submitit_task_stopped_by_its_signal_is_requeued_and_resumes(slurm, tmp_path) -> None:
+    """hydra/launcher=slurm with its defaults: submitit's warning signal (SIGUSR2, sent
+    signal_delay_s before the time limit; here by scancel) stops the run at a step with its
+    records written, submitit requeues the task, and the requeued task (same command, same
+    folder) resumes from the checkpoint; the multirun ends as if nothing happened."""
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=slurm",
+           f"hydra.launcher.partition={slurm_cluster.PARTITION}", "hydra.launcher.gpus_per_node=0",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+           "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path}", "optimizer.lr=0.01",
+           *FAST, "trainer.max_epochs=10"]  # fmt: skip
+    sweep = subprocess.Popen(cmd, cwd=ROOT, env=slurm, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = tmp_path / "0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        metrics.exists() and '"stage": "train"' in metrics.read_text()
+    ):
+        time.sleep(0.2)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True,
+                          text=True).stdout.split()  # fmt: skip
+    assert len(jobs) == 1, jobs
+    subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=slurm, check=True)
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, err[-3000:]
+    done = summaries(tmp_path / "0")[0]
+    assert done["status"] == "completed" and done["attempt"] == 1, done
+    assert done["steps"] == 50 and (tmp_path / "0" / "config.resume_1.yaml").exists()
+    logs = "".join(p.read_text(errors="ignore") for p in (tmp_path / ".submitit").rglob("*.*")
+                   if p.suffix in (".out", ".err"))  # fmt: skip
+    assert "handing over" in logs and "Requeued job" in logs, logs[-3000:]

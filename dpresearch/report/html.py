@@ -46,7 +46,8 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 tr.failed { background: #fdd; } tr.running { background: #ffd; }
-figure { display: inline-block; margin: 0.5em; } img { max-width: 640px; }
+figure { display: block; margin: 0.5em 0; } img { max-width: 100%; }
+.caveat { max-width: 60em; color: #555; }
 """
 
 

@@ -3,51 +3,15 @@ failed and running runs shown as such, one panel per dataset."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from dpresearch.report import figures
 from dpresearch.report.__main__ import build_report
+from dpresearch.report.html import Tables
 from dpresearch.report.runs import find_runs
 from tests.helpers.runs import fake_run
-
-
-class Tables(HTMLParser):
-    """Cells of every <table class=...> by their data-key."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[dict]] = {}
-        self.current = self.key = None
-        self.images: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":  # digits' tables come first; later datasets' get "#2", ...
-            name = attrs.get("class", "")
-            while name in self.tables:
-                name += "#2"
-            self.current = self.tables.setdefault(name, [])
-        elif tag == "tr" and self.current is not None:
-            self.current.append({})
-        elif tag == "td":
-            self.key = attrs.get("data-key")
-        elif tag == "img":
-            self.images.append(attrs["alt"])
-
-    def handle_data(self, data):
-        if self.key and self.current:
-            self.current[-1][self.key] = data
-
-    def handle_endtag(self, tag):
-        if tag == "tr" and self.current and not self.current[-1]:
-            self.current.pop()  # the header row
-        if tag == "td":
-            self.key = None
-        if tag == "table":
-            self.current = None
 
 
 def parse(report: Path) -> Tables:
@@ -169,8 +133,8 @@ def test_wandb_report_has_the_comparison_panels_built_offline() -> None:
     acc = panels["accuracy vs epsilon"]
     assert isinstance(acc, wr.ScatterPlot) and acc.x.name == "epsilon" and acc.log_x
     assert acc.y.name == "test_accuracy"
-    throughput = panels["throughput per method"]
-    assert isinstance(throughput, wr.BarPlot) and throughput.groupby.name == "method"
+    throughput = panels["examples/s per setting (separate processes: not a speed ratio)"]
+    assert isinstance(throughput, wr.BarPlot) and throughput.groupby.name == "setting"
     heat = panels["learning rate x clipping threshold"]
     assert (heat.x.name, heat.y.name, heat.z.name) == (
         "optimizer.lr",
@@ -178,4 +142,4 @@ def test_wandb_report_has_the_comparison_panels_built_offline() -> None:
         "val_accuracy",
     )
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
-    assert grids[0].runsets[0].groupby == ["method"] and "train" in grids[0].runsets[0].filters
+    assert grids[0].runsets[0].groupby == ["setting"] and "train" in grids[0].runsets[0].filters

@@ -74,7 +74,7 @@ def log_to_wandb(cfg: DictConfig, record: dict, output_dir: Path) -> None:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=cfg.logger.get("project", "dpresearch"), group=cfg.name,
-                     job_type="benchmark", dir=str(output_dir), mode=wandb_mode(cfg.logger.mode),
+                     job_type="benchmark", dir=str(output_dir), mode=wandb_mode(cfg.logger.mode)[0],
                      config={"choices": record["choices"], "bench": record["config"]["bench"],
                              "device": record["device"]})  # fmt: skip
     columns = list(record["rows"][0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 
@@ -58,3 +59,40 @@ def page(title: str, sections: list[str]) -> str:
         + "".join(sections)
         + "</body></html>"
     )
+
+
+class Tables(HTMLParser):
+    """Reads a report back: the cells of every <table class=...> by their data-key, and the
+    alt text of every image (for tests and for collecting a report's numbers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[dict]] = {}
+        self.current = self.key = None
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":  # digits' tables come first; later datasets' get "#2", ...
+            name = attrs.get("class", "")
+            while name in self.tables:
+                name += "#2"
+            self.current = self.tables.setdefault(name, [])
+        elif tag == "tr" and self.current is not None:
+            self.current.append({})
+        elif tag == "td":
+            self.key = attrs.get("data-key")
+        elif tag == "img":
+            self.images.append(attrs["alt"])
+
+    def handle_data(self, data):
+        if self.key and self.current:
+            self.current[-1][self.key] = data
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self.current and not self.current[-1]:
+            self.current.pop()  # the header row
+        if tag == "td":
+            self.key = None
+        if tag == "table":
+            self.current = None

@@ -97,7 +97,7 @@ def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
 
 def test_optuna_workers_share_one_study(slurm, tmp_path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    env = {**slurm, "STUDY": "shared", "STORAGE": storage}
+    env = {**slurm, "STUDY": "shared", "STORAGE": storage, "DPRESEARCH_OUT": str(tmp_path)}
     sbatch(env, "--array=0-1", f"--output={tmp_path}/opt-%A_%a.out", "slurm/optuna_workers.sbatch",
            "hparams_search=lr_only", "hydra.sweeper.n_trials=4", *FAST)  # fmt: skip
     study = optuna.load_study(study_name="shared", storage=storage)

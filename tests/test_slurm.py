@@ -80,8 +80,12 @@ def sbatch(env: dict, *args: str) -> None:
 
 def test_sbatch_templates_single_run_and_array_sweep(slurm, tmp_path) -> None:
     out = tmp_path / "out"
-    sbatch(slurm, f"--output={tmp_path}/run-%j.out", "slurm/run.sbatch", *FAST,
-           f"hydra.run.dir={out}/single")  # fmt: skip
+    # The template's own log location: slurm/logs/<job name>-<job id>.out.
+    job = submit(slurm, "slurm/run.sbatch", *FAST, f"hydra.run.dir={out}/single")
+    wait_gone(slurm, job)
+    log = ROOT / "slurm" / "logs" / f"dpresearch-{job}.out"
+    assert log.exists(), sorted((ROOT / "slurm" / "logs").iterdir())
+    log.unlink()
     grid = tmp_path / "grid.txt"
     # A quoted value with a space stays one override (the line is split as a shell would).
     grid.write_text("optimizer.lr=0.01 'name=my run'\noptimizer.lr=0.02\n")

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from dpresearch.report.groups import Group, group_runs, series  # noqa: E402
 from dpresearch.report.heatmap import draw_grid  # noqa: E402
@@ -28,7 +29,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def finished(runs: list[Run], key: str) -> list[Run]:
-    return [r for r in runs if r.status == "completed" and r.summary.get(key) is not None]
+    """Runs that finished with ``key`` (debug runs reach here only when the report includes
+    them)."""
+    return [
+        r for r in runs if r.status in ("completed", "debug") and r.summary.get(key) is not None
+    ]
 
 
 def accuracy_vs_epsilon(groups: list[Group]) -> dict[str, list[tuple[float, float, float, int]]]:
@@ -66,6 +71,11 @@ def plot_accuracy_vs_epsilon(data: dict, dataset: str, path: Path) -> None:
                        label=f"{label} (eps = inf, n={p[3]})")  # fmt: skip
             ax.axhspan(p[1] - p[2], p[1] + p[2], color="gray", alpha=0.12)
     ax.set_xscale("log")
+    ticks = sorted({round(p[0], 2) for label in private for p in data[label]})
+    if ticks:  # label the epsilons the points sit at (log minor labels collide on short ranges)
+        thinned = [t for i, t in enumerate(ticks) if i == 0 or t > 1.15 * ticks[i - 1]]
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(thinned, [f"{t:g}" for t in thinned])
     ax.set_xlabel("epsilon spent by the runs of each point (points offset <= 2% to show overlaps)")
     ax.set_ylabel("test accuracy (mean +- std over seeds)")
     ax.set_title(f"{dataset}: accuracy vs epsilon")

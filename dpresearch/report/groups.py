@@ -71,7 +71,8 @@ def differing(settings: list[dict[str, object]], skip: tuple[str, ...] = ()) -> 
         return {json.dumps(s.get(k), default=str) for s in settings if not present or k in s}
 
     out = [k for k in keys if len(values(k, present=True)) > 1]
-    shown = {json.dumps([s.get(k) for k in out], default=str) for s in settings}
+    # the label always shows the method, so only settings alike in both collide
+    shown = {json.dumps([s.get("method"), *(s.get(k) for k in out)], default=str) for s in settings}
     if len(shown) < len({setting_key(s, skip) for s in settings}):
         out = [k for k in keys if len(values(k, present=False)) > 1]
     return out

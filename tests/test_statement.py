@@ -139,6 +139,10 @@ def test_early_stopping_and_a_best_checkpoint_are_selections_the_statement_names
     assert "callbacks.early_stopping chooses the stopping step by val_acc" in selection
     assert "callbacks.model_checkpoint chooses the checkpoint kept by val_acc" in selection
     assert ("NOT accounted" in selection) is not public
+    assert (
+        released(statement)["timing: summary.json wall_s, metrics.jsonl time and elapsed_s"]
+        is False
+    )
     assert released(statement)["final model weights"] is public  # chosen by a covered metric?
     assert (out / "checkpoints" / "best.ckpt").exists() and (
         out / "checkpoints" / "last.ckpt"

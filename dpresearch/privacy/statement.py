@@ -133,6 +133,12 @@ def privacy_statement(facts: RunFacts) -> dict:
         })  # fmt: skip
     released += [_metric(m, facts) for m in sorted(facts.released_metrics)]
     released.append({
+        "what": "timing: summary.json wall_s, metrics.jsonl time and elapsed_s",
+        "covered": False,
+        "why": "wall-clock time grows with the realised batch sizes, which are a function of "
+               "the private data: a side channel outside the accountant",
+    })  # fmt: skip
+    released.append({
         "what": "summary.json, config.yaml (hyperparameters, dataset size, this statement)",
         "covered": private, "why": "public parameters of the mechanism; the dataset size N is "
         "treated as public (the sample rate q = E/N is computed from it)",

@@ -43,6 +43,7 @@ from dpresearch.privacy import (
     make_plan,
 )
 from dpresearch.privacy.accounting import compute_epsilon
+from dpresearch.privacy.selection import PrivateSelection
 from dpresearch.privacy.self_check import SelfCheck
 from dpresearch.privacy.statement import (
     RunFacts,
@@ -282,6 +283,7 @@ class Run:
     strategy: PhysicalBatching | None = None
     plan: PrivacyPlan | None = None
     pruning: Any = None
+    selection: PrivateSelection | None = None  # a trial of a private selection
     attempt: int = 0  # 0: the folder's first start; N: its N-th resume
     write_records: bool = False  # False until the folder is known to take this run
     preemption: Preemption = field(default_factory=Preemption)
@@ -429,7 +431,9 @@ def prepare(r: Run, multirun: bool) -> None:
             obj.on_train_set(datamodule)
     model = build_model(cfg.model, datamodule, scope)
     summary.update(parameter_counts(model))
-    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer)
+    r.selection = private_selection(cfg.get("sweep_trial"), privacy.enabled,
+                                    datamodule.public_validation)  # fmt: skip
+    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer, r.selection)
     check = None
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
         check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
@@ -457,7 +461,7 @@ def prepare(r: Run, multirun: bool) -> None:
                        recorder.released, nonprivate, datamodule.public_validation,
                        datamodule.label_source, bool(cfg.get("sweep_trial")),
                        r.pruning is not None, r.checkpointing,
-                       selections=selections(extra))  # fmt: skip
+                       selections=selections(extra), tuning=plan.tuning)  # fmt: skip
     r.module = ClassificationModule(model, optimizer=instantiate(cfg.optimizer),
                                     train_metrics=train_prefix)  # fmt: skip
     tags, config = run_tags(summary, "sweep" if cfg.get("sweep_trial") else "train",
@@ -527,6 +531,34 @@ def fit(r: Run) -> None:
     else:
         summary["steps"] = trainer.global_step
     summary["epochs"] = trainer.current_epoch
+    if r.selection is not None:
+        release_score(r)
+
+
+def private_selection(trial, private: bool, public_validation: bool) -> PrivateSelection | None:
+    """The private selection this run is a trial of (None: not a trial of one)."""
+    selection = PrivateSelection.from_trial(trial, public_validation)
+    if selection is not None and not private:
+        raise ValueError(
+            "hydra.sweeper.selection=private selects among private trials: this run has "
+            "privacy=none; use privacy=dp, or selection=nonprivate"
+        )
+    return selection
+
+
+def release_score(r: Run) -> None:
+    """The score a private selection reads: the final model's validation accuracy through the
+    selection's mechanism (noisy count, or exact on a split declared public)."""
+    result = r.trainer.validate(r.module, datamodule=r.datamodule, verbose=False)
+    accuracy = result[0].get("val_acc") if result else None
+    if accuracy is None:
+        raise ValueError("a private selection needs a validation split: the run has none")
+    privacy = r.cfg.privacy
+    seed = privacy.noise_seed if privacy.get("noise_seed") is not None else r.cfg.seed + 1
+    if privacy.get("randomness") == "secure":
+        seed = None  # the score's noise from the secure source too
+    r.summary["dp_score"] = r.selection.score(float(accuracy), len(r.datamodule.val_set), seed)
+    r.summary["val_accuracy"] = float(accuracy)  # exact, non-private (marked so)
 
 
 def evaluate(r: Run) -> None:

@@ -78,7 +78,10 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
     before = {t.number: t.value for t in finished(load(tmp_path))}
     assert 3 <= len(before) < 5, "interrupt the study before it completes"
     out = sweep(tmp_path, *args)  # resume
-    assert "trials finished; heatmap.csv, heatmap.png, history.png, trials.csv" in out.stdout
+    assert (
+        "trials finished; heatmap.csv, heatmap.png, history.png, selection.json, trials.csv"
+    ) in out.stdout
+    assert "NON-PRIVATE selection: best trial" in out.stdout  # today's practice, said plainly
     assert str(tmp_path) in out.stdout  # says where its outputs are
     study = load(tmp_path)
     after = finished(study)
@@ -87,7 +90,11 @@ def test_tpe_study_is_interrupted_and_resumes_from_its_storage(tmp_path) -> None
     complete = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value)
     assert study.best_trial.params == best.params
+    chosen = json.loads((tmp_path / "selection.json").read_text())
+    assert chosen["selection"] == "nonprivate" and chosen["total_epsilon"] is None
+    assert chosen["winner"]["number"] == best.number and "NOT accounted" in chosen["note"]
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert {r["selection"] for r in rows} == {"nonprivate"}
     assert {int(r["number"]) for r in rows if r["state"] != "RUNNING"} == {t.number for t in after}
     plotted = list(csv.DictReader((tmp_path / "heatmap.csv").open()))
     table = {r["number"]: r for r in rows if r["state"] == "COMPLETE"}

@@ -11,6 +11,7 @@ from torch import nn
 
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
+from dpresearch.privacy.selection import PrivateSelection
 from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import Check, select_engine
@@ -38,6 +39,7 @@ class PrivacyPlan:
     planned_epsilon: float | None = None
     engine: str | None = None  # the DP engine that ran (clipping.engine=auto resolved)
     self_check: dict | None = None  # the engine's self-check (None: not private)
+    tuning: dict | None = None  # a private selection's trial: per-trial and total epsilon
     debug: bool = False  # fast_dev_run: a smoke test, not a result
 
     def to_dict(self) -> dict:
@@ -50,10 +52,12 @@ def make_plan(
     sampling: Sampling,
     num_train: int,
     trainer: DictConfig,
+    selection: PrivateSelection | None = None,
 ) -> PrivacyPlan:
     """Check the configuration against the data and calibrate the noise for the steps the
     trainer will really run (max_steps and limit_train_batches included; raises clear
-    errors)."""
+    errors). A trial of a private selection calibrates for the whole tuning procedure:
+    ``privacy.target_epsilon`` is then the sweep's total."""
     q = sampling.sample_rate(num_train)
     length = run_length(trainer, sampling.steps_per_epoch(num_train))
     steps = length.steps
@@ -74,8 +78,14 @@ def make_plan(
         return plan
     privacy.check_dataset(num_train)
     sigma = privacy.noise_multiplier
-    if sigma is None:
+    if sigma is None and selection is not None:
+        sigma = selection.calibrate(privacy.target_epsilon, q, steps, privacy.delta)
+    elif sigma is None:
         sigma = calibrate_noise(privacy.target_epsilon, q, steps, privacy.delta, privacy.accountant)
+    if selection is not None:
+        account = selection.account(q, sigma, steps, privacy.delta).to_dict()
+        plan.tuning = {"selection": "private", "total_target_epsilon": privacy.target_epsilon,
+                       **account, "score_mechanism": selection.mechanism()}  # fmt: skip
     planned = compute_epsilon(q, sigma, steps, privacy.delta, privacy.accountant)
     plan.noise_multiplier = sigma
     plan.max_grad_norm = clipping.max_grad_norm
@@ -156,7 +166,8 @@ def build_strategy(
         factors=clipping.factors,
         engine=plan.engine,
         per_layer=clipping.per_layer,
-        target_epsilon=privacy.target_epsilon,
+        # A tuning trial's budget guard holds it to its share: its own planned epsilon.
+        target_epsilon=plan.planned_epsilon if plan.tuning else privacy.target_epsilon,
         calibrated_steps=None if plan.debug or privacy.target_epsilon is None else plan.steps,
         randomness=privacy.randomness,
         **where,

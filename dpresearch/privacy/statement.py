@@ -33,10 +33,34 @@ class RunFacts:
     resumed_steps: int = 0  # DP steps the resumed checkpoint had already taken
     # Callbacks that choose what is released by a metric: (callbacks.NAME, what, monitor).
     selections: list[tuple[str, str, str]] = field(default_factory=list)
+    tuning: dict | None = None  # a trial of a private selection: the plan's tuning record
 
     def private_selection(self) -> bool:
         """Whether every selection reads only covered metrics (or there is none)."""
         return not any(is_nonprivate(m, self.nonprivate) for _, _, m in self.selections)
+
+
+def sweep_text(facts: RunFacts) -> str:
+    """How the statement describes the selection among trials, if any."""
+    t = facts.tuning
+    if t:
+        count = t["count"]
+        poisson = count["distribution"] == "poisson"
+        what = (f"K ~ Poisson(mean {count['mean_trials']:.3g})" if poisson
+                else f"K ~ truncated negative binomial (eta {count['eta']:g}, gamma "
+                     f"{count['gamma']:.4g}, mean {count['mean_trials']:.3g})")  # fmt: skip
+        return (
+            f"this run is one trial of a PRIVATE selection (Papernot-Steinke random "
+            f"stopping, {what}; score: {t['score_mechanism']['kind']}): releasing the best "
+            f"trial spends epsilon {t['total_epsilon']:.4g} at delta {t['delta']:g} in all "
+            f"(this trial alone: {t['trial_epsilon']:.4g} by RDP, training and score)"
+        )
+    if facts.sweep_trial:
+        return (
+            "this run is one trial of a sweep: choosing among trials is NOT accounted "
+            "(the epsilon is this trial's alone)"
+        )
+    return "a single run: no selection among runs"
 
 
 def metric_policy(
@@ -172,12 +196,7 @@ def privacy_statement(facts: RunFacts) -> dict:
         "Poisson-subsampled Gaussian under add/remove)",
         data_accesses={
             "covered": covered,
-            "sweep": (
-                "this run is one trial of a sweep: choosing among trials is NOT accounted "
-                "(the epsilon is this trial's alone)"
-            )
-            if facts.sweep_trial
-            else "a single run: no selection among runs",
+            "sweep": sweep_text(facts),
             "validation": (
                 "the validation split is declared public"
                 if facts.public_validation

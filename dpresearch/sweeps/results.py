@@ -15,11 +15,13 @@ import optuna  # noqa: E402
 from dpresearch.report.heatmap import draw_grid  # noqa: E402
 
 
-def trial_rows(study: optuna.Study) -> list[dict]:
+def trial_rows(study: optuna.Study, selection: str = "nonprivate") -> list[dict]:
+    """One row per trial; ``selection`` says in every row whether the sweep's choice among
+    them is private (value: the DP score) or not (value: the objective, exact)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value,
+            "number": t.number, "state": t.state.name, "value": t.value, "selection": selection,
             **{f"param:{k}": v for k, v in t.params.items()},
             "reason": t.user_attrs.get("reason", ""),
             "output_dir": t.user_attrs.get("output_dir", ""),
@@ -27,8 +29,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
-def write_trials(study: optuna.Study, path: Path) -> list[dict]:
-    rows = trial_rows(study)
+def write_trials(study: optuna.Study, path: Path, selection: str = "nonprivate") -> list[dict]:
+    rows = trial_rows(study, selection)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

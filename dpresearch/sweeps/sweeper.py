@@ -29,7 +29,20 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from dpresearch.privacy.tuning import TrialCount
 from dpresearch.sweeps.results import plot, plot_history, write_trials
+from dpresearch.sweeps.selection import (
+    SCORE,
+    SELECTIONS,
+    agree_on_k,
+    check_private,
+    mark_winner,
+    nonprivate_record,
+    private_record,
+    trial_count,
+    trial_overrides,
+    write_selection,
+)
 from dpresearch.sweeps.study import (
     distributions,
     finished_trials,
@@ -59,6 +72,8 @@ class OptunaSweeperImpl(Sweeper):
         n_jobs: int = 1,
         params: dict | None = None,
         heartbeat_s: int | None = 60,
+        selection: str = "nonprivate",
+        tuning: dict | None = None,
     ):
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"hydra.sweeper.direction must be maximize or minimize: {direction}")
@@ -71,6 +86,13 @@ class OptunaSweeperImpl(Sweeper):
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.space = distributions(params or {})
         self.heartbeat_s = heartbeat_s  # RDB storages: a dead worker's trials FAIL after 3 misses
+        if selection not in SELECTIONS:
+            raise ValueError(f"hydra.sweeper.selection={selection!r}: choose one of "
+                             f"{list(SELECTIONS)}")  # fmt: skip
+        self.selection = selection
+        self.tuning = dict(tuning or {})
+        self.count: TrialCount | None = None
+        self.k: int | None = None
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -98,6 +120,12 @@ class OptunaSweeperImpl(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         fixed = self._fixed_overrides(arguments)
+        private = self.selection == "private"
+        if private:  # refused before anything is created
+            check_private(self.config, self.sampler_spec, self.pruner_spec, self.space,
+                          self.objective, self.direction, self.tuning)  # fmt: skip
+            self.count = trial_count(self.tuning)
+            self.objective = SCORE
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -105,12 +133,18 @@ class OptunaSweeperImpl(Sweeper):
         study = open_study(url, self.study_name, self.sampler_spec, self.space,
                            make_pruner(self.pruner_spec), self.direction,
                            self.heartbeat_s)  # fmt: skip
+        if private:
+            self.k = self.n_trials = agree_on_k(study, self.count, self._spec())
+            print(f"sweep {self.study_name}: PRIVATE selection; K ~ {self._describe_count()} "
+                  "drawn from a secure source (revealed when the sweep ends); "
+                  "hydra.sweeper.n_trials is not used", flush=True)  # fmt: skip
         sampler_size = getattr(study.sampler, "size", None)
         if sampler_size is not None and self.n_trials > sampler_size:
             log.info("n_trials=%d capped at the grid's %d points", self.n_trials, sampler_size)
             self.n_trials = sampler_size
-        log.info("study %s in %s: %d of %d trials finished", self.study_name, redact(url),
-                 finished_trials(study), self.n_trials)  # fmt: skip
+        if not private:  # a private sweep's count would reveal K
+            log.info("study %s in %s: %d of %d trials finished", self.study_name, redact(url),
+                     finished_trials(study), self.n_trials)  # fmt: skip
         # Trials running in other workers count against n_trials where heartbeats tell the
         # living from the dead (RDB storages); the worker then waits for them, so its
         # trials.csv and figure hold the whole study.
@@ -136,11 +170,11 @@ class OptunaSweeperImpl(Sweeper):
             optuna.storages.fail_stale_trials(study)  # trials of workers that died
             self._write_results(study, sweep_dir)
         self._write_results(study, sweep_dir)
-        best = self._best(study)
-        if best is not None:
-            log.info("best trial %d: %s = %.4f with %s", best.number, self.objective,
-                     best.value, best.params)  # fmt: skip
-        outputs = ", ".join(p.name for p in sorted(sweep_dir.glob("*.[cp][sn][vg]")))
+        self._select(study, sweep_dir)
+        outputs = ", ".join(
+            p.name
+            for p in sorted([*sweep_dir.glob("*.[cp][sn][vg]"), *sweep_dir.glob("selection.json")])
+        )
         print(f"sweep {self.study_name}: {finished_trials(study)} trials finished; {outputs} "
               f"and one folder per trial in {sweep_dir}", flush=True)  # fmt: skip
         return study
@@ -153,9 +187,12 @@ class OptunaSweeperImpl(Sweeper):
                 f"+sweep_trial.trial_id={trial._trial_id}", f"+sweep_trial.number={trial.number}",
                 f"+sweep_trial.study={self.study_name}",
                 f"+sweep_trial.storage='{trial_storage(url)}'",
-                f"+sweep_trial.prune={self.pruner_spec is not None}"]  # fmt: skip
+                f"+sweep_trial.prune={self._prunes()}"]  # fmt: skip
         for key, value in (self.pruner_spec or {}).items():  # the trial rebuilds the pruner
             meta.append(f"+sweep_trial.pruner.{key}={value}")
+        if self.count is not None:
+            public = bool(self.config.dataset.get("public_validation", False))
+            meta += trial_overrides(self.count, None if public else self.tuning.get("score_noise"))
         return [*fixed, *params, *meta]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Any) -> None:
@@ -188,17 +225,57 @@ class OptunaSweeperImpl(Sweeper):
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             pass  # told already (a trial that finished before the sweep stopped)
 
-    def _best(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-        try:
-            return study.best_trial
-        except ValueError:  # no completed trial
-            return None
+    def _prunes(self) -> bool:
+        """Whether trials report to a pruner (pruner.name=none: they report nothing)."""
+        return bool(self.pruner_spec) and self.pruner_spec.get("name", "none") != "none"
+
+    def _spec(self) -> dict:
+        public = bool(self.config.dataset.get("public_validation", False))
+        return {**self.count.to_dict(),
+                "score_noise": None if public else self.tuning.get("score_noise")}  # fmt: skip
+
+    def _describe_count(self) -> str:
+        c = self.count
+        if c.distribution == "poisson":
+            return f"Poisson(mean {c.mean:g})"
+        return (f"truncated negative binomial(eta {c.eta:g}, gamma {c.gamma:.4g}; mean "
+                f"{c.mean:.3g}, sd {c.variance**0.5:.3g})")  # fmt: skip
+
+    def _select(self, study: optuna.Study, sweep_dir: Path) -> None:
+        """selection.json, the winner's records, and the console's verdict."""
+        if self.count is None:
+            record = nonprivate_record(study, self.objective, self.direction)
+        else:
+            privacy = self.config.privacy
+            record = private_record(study, self.count, self.k, float(privacy.delta),
+                                    privacy.get("target_epsilon"))  # fmt: skip
+        write_selection(sweep_dir, record)
+        mark_winner(record)
+        winner = record.get("winner")
+        if winner is None:
+            print(f"sweep {self.study_name}: no trial completed; nothing selected", flush=True)
+        elif self.count is None:
+            print(f"sweep {self.study_name}: NON-PRIVATE selection: best trial "
+                  f"{winner['number']} ({self.objective} {_fmt(winner, self.objective)}, "
+                  f"{winner['params']}); its epsilon {_fmt(winner, 'trial_training_epsilon')} "
+                  "covers that trial alone, NOT the choice among trials", flush=True)  # fmt: skip
+        else:
+            print(f"sweep {self.study_name}: PRIVATE selection among K = {self.k} trials: "
+                  f"released trial {winner['number']} (dp_score {_fmt(winner, 'dp_score')}, "
+                  f"{winner['params']}); total epsilon {record['total_epsilon']:.4g} at delta "
+                  f"{record['delta']:g} (per trial {record['trial_epsilon']:.4g})",
+                  flush=True)  # fmt: skip
 
     def _write_results(self, study: optuna.Study, sweep_dir: Path) -> None:
-        rows = write_trials(study, sweep_dir / "trials.csv")
+        rows = write_trials(study, sweep_dir / "trials.csv", self.selection)
         name = "heatmap.png" if len(self.space) == 2 else "curve.png"
         plot(rows, self.space, self.objective, sweep_dir / name, self.direction)
         plot_history(study, sweep_dir / "history.png")
+
+
+def _fmt(entry: dict, key: str) -> str:
+    value = entry.get(key)
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
 def register() -> None:

@@ -72,10 +72,12 @@ def test_private_sweep_releases_the_best_dp_score_at_the_total_epsilon(tmp_path)
     assert len({(s["noise_multiplier"], s["steps"], s["sample_rate"]) for s in summaries}) == 1
     s0 = summaries[0]
     assert s0["tuning"]["score_mechanism"]["kind"] == "gaussian_count"
+    noise = s0["tuning"]["score_noise"]
+    assert noise == 10.0  # the sweeper's default
     independent = dp_accounting_total(s0["sample_rate"], s0["noise_multiplier"], s0["steps"],
-                                      5.0, 2.0, 1e-5)  # fmt: skip
+                                      noise, 2.0, 1e-5)  # fmt: skip
     count = TrialCount("truncated_negative_binomial", eta=1.0, gamma=0.5)
-    curve = trial_rdp(CHECK_ORDERS, s0["sample_rate"], s0["noise_multiplier"], s0["steps"], 5.0)
+    curve = trial_rdp(CHECK_ORDERS, s0["sample_rate"], s0["noise_multiplier"], s0["steps"], noise)
     ours = rdp_to_epsilon(CHECK_ORDERS, tuning_rdp(CHECK_ORDERS, curve, count), 1e-5)
     assert ours == pytest.approx(independent, rel=1e-6)
     assert independent * 0.99 <= record["total_epsilon"] <= ours  # all orders: a little tighter
@@ -108,6 +110,12 @@ def test_a_private_score_without_noise_on_a_private_split_is_refused(tmp_path):
     assert "hydra.sweeper.tuning.score_noise=None" in out.stderr
     assert "dataset.public_validation=true" in out.stderr
     assert not (tmp_path / "0").exists()  # refused before any trial ran
+
+
+def test_a_total_budget_the_selection_alone_spends_is_refused_before_k_is_drawn(tmp_path):
+    out = run_sweep(tmp_path, *PRIVATE, "privacy.target_epsilon=0.3", ok=False)
+    assert "privacy.target_epsilon=0.3" in out.stderr and "before any training" in out.stderr
+    assert not (tmp_path / "0").exists()
 
 
 def _config(public: bool = False, privacy: str = "dpresearch.privacy.spec.DPSpec"):

@@ -322,6 +322,15 @@ def _eps_at(a: float, r: float, delta: float) -> float:
     return r + math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
 
 
+def selection_floor(count: TrialCount, score_noise: float | None, delta: float) -> float:
+    """What the selection costs with no training at all (the scores and the random number of
+    trials): a total budget at or below it cannot be met by any training noise."""
+    scores = np.zeros(len(ORDERS))
+    if score_noise is not None:
+        scores = np.asarray(ORDERS) / (2 * float(score_noise) ** 2)
+    return total_epsilon_of(scores, count, delta)[0]
+
+
 def calibrate_trial_noise(
     total_epsilon: float, sample_rate: float, steps: int, delta: float, count: TrialCount,
     score_noise: float | None, rtol: float = 0.005,

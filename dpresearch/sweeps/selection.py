@@ -26,7 +26,14 @@ import numpy as np
 import optuna
 
 from dpresearch.atomic import write_atomic
-from dpresearch.privacy.tuning import ORDERS, TrialCount, total_epsilon_of, trial_rdp
+from dpresearch.privacy.tuning import (
+    ORDERS,
+    TrialCount,
+    rdp_to_epsilon,
+    selection_floor,
+    total_epsilon_of,
+    trial_rdp,
+)
 
 SELECTIONS = ("nonprivate", "private")
 SCORE = "dp_score"  # the summary key a private selection reads
@@ -83,6 +90,22 @@ def check_private(config: Any, sampler: Mapping, pruner: Mapping | None, space: 
     if config.privacy.get("noise_multiplier") is None and not config.privacy.get("target_epsilon"):
         raise ValueError("privacy.target_epsilon (the sweep's TOTAL budget) or "
                          "privacy.noise_multiplier must be set")  # fmt: skip
+
+
+def check_floor(config: Any, count: TrialCount, score_noise: float | None) -> None:
+    """Refuse a total budget that the selection alone already spends (before K is drawn)."""
+    target = config.privacy.get("target_epsilon")
+    if target is None:
+        return
+    floor = selection_floor(count, score_noise, float(config.privacy.delta))
+    if target <= floor:
+        raise ValueError(
+            f"privacy.target_epsilon={target}: a private selection among ~{count.mean:g} trials "
+            f"with score noise {score_noise} spends {floor:.3g} before any training; raise "
+            "privacy.target_epsilon, lower hydra.sweeper.tuning.mean_trials, raise "
+            "hydra.sweeper.tuning.score_noise, or declare the validation split public "
+            "(dataset.public_validation=true)"
+        )
 
 
 def trial_count(tuning: Mapping) -> TrialCount:
@@ -172,8 +195,6 @@ def private_record(study: optuna.Study, count: TrialCount, k: int, delta: float,
         curves = [trial_rdp(ORDERS, q, s, n, noise) for q, s, n, noise in mechanisms]
         per_trial = np.max(np.stack(curves), axis=0)
         total, order = total_epsilon_of(per_trial, count, delta)
-        from dpresearch.privacy.tuning import rdp_to_epsilon
-
         q, sigma, steps, noise = max(mechanisms, key=lambda m: (m[2], -m[1]))
         record.update(total_epsilon=total, order=order,
                       trial_epsilon=rdp_to_epsilon(ORDERS, per_trial, delta),

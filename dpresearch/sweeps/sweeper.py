@@ -35,6 +35,7 @@ from dpresearch.sweeps.selection import (
     SCORE,
     SELECTIONS,
     agree_on_k,
+    check_floor,
     check_private,
     mark_winner,
     nonprivate_record,
@@ -125,6 +126,7 @@ class OptunaSweeperImpl(Sweeper):
             check_private(self.config, self.sampler_spec, self.pruner_spec, self.space,
                           self.objective, self.direction, self.tuning)  # fmt: skip
             self.count = trial_count(self.tuning)
+            check_floor(self.config, self.count, self._spec()["score_noise"])
             self.objective = SCORE
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from dpresearch.privacy.selection import PrivateSelection
 from dpresearch.privacy.spec import PrivacyConfigError
 from dpresearch.privacy.tuning import ORDERS, TrialCount, rdp_to_epsilon, trial_rdp, tuning_rdp
-from dpresearch.sweeps.selection import agree_on_k, check_private, private_record
+from dpresearch.sweeps.selection import agree_on_k, check_private, log_selection, private_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIVATE = ["hparams_search=private_lr_vs_clip", "logger=none", "extras.print_config=false",
@@ -183,3 +183,37 @@ def test_poisson_k_zero_releases_nothing_at_no_cost():
     record = private_record(optuna.create_study(), TrialCount("poisson", mean_trials=1.0), 0,
                             1e-5, 4.0)  # fmt: skip
     assert record["winner"] is None and record["total_epsilon"] == 0.0
+
+
+def test_the_released_model_is_a_wandb_run_of_its_own(tmp_path, monkeypatch):
+    """The sweep's winner goes to wandb as a `selection` run at the epsilon of its release,
+    with every key the Report's released-models panel reads."""
+    from helpers.wandb_files import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    winner = tmp_path / "3"
+    winner.mkdir()
+    (winner / "summary.json").write_text(json.dumps(
+        {"dataset": "digits", "clipping": "fixed", "engine": "bk", "finetune": "full",
+         "private": True, "test_accuracy": 0.8, "epsilon": 1.7}))  # fmt: skip
+    record = {"selection": "private", "k_drawn": 4, "total_epsilon": 3.98, "delta": 1e-5,
+              "winner": {"number": 3, "params": {"optimizer.lr": 0.01}, "test_accuracy": 0.8,
+                         "trial_training_epsilon": 1.7, "output_dir": str(winner)}}  # fmt: skip
+    config = OmegaConf.create({"logger": {"_target_": "dpresearch.tracking.loggers.wandb_logger",
+                                          "project": "p", "group": "g"}})  # fmt: skip
+    log_selection(config, record, tmp_path)
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    logged = read_offline_run(folder)
+    assert logged.config["job_type"] == "selection"
+    assert logged.config["setting"].startswith("private selection")
+    assert logged.summary["epsilon"] == 3.98 and logged.summary["test_accuracy"] == 0.8
+    import wandb_workspaces.reports.v2 as wr
+
+    from dpresearch.report.wandb_report import build
+
+    grid = next(b for b in build("e", "p").blocks if isinstance(b, wr.PanelGrid)
+                and b.runsets[0].name == "released models of sweeps")  # fmt: skip
+    assert set(grid.runsets[0].groupby) <= set(logged.config)
+    panel = grid.panels[0]
+    assert {panel.x.name, panel.y.name} <= set(logged.summary)

@@ -16,6 +16,10 @@ from dpresearch.report.figures import finished
 from dpresearch.report.groups import group_runs
 from dpresearch.report.html import image, page, table
 from dpresearch.report.runs import Run, find_runs
+from dpresearch.report.selections import COLUMNS as SELECTION_COLUMNS
+from dpresearch.report.selections import find_selections
+from dpresearch.report.selections import plot as plot_selections
+from dpresearch.report.selections import points as selection_points
 
 RUN_COLUMNS = [("run", "run folder"), ("dataset", "dataset"), ("method", "method"),
                ("lr", "lr"), ("clip", "clip"), ("seed", "seed"), ("status", "status"),
@@ -138,6 +142,26 @@ def dataset_section(dataset: str, members: list[Run], out: Path) -> str:
     return "".join(parts)
 
 
+def selections_section(rows: list[dict], out: Path) -> str:
+    """Sweeps' released models: a private selection's winner at the sweep's total epsilon, a
+    non-private one at its trial's epsilon, labelled NOT accounted."""
+    if not rows:
+        return ""
+    parts = ["<h2>Released models of sweeps</h2><p>Each sweep's winner "
+             "(<code>selection.json</code>). A <b>private selection</b> releases its winner at "
+             "the epsilon of the whole sweep; a <b>non-private selection</b> (the best trial by "
+             "exact validation accuracy) is drawn at its trial's epsilon, which does NOT account "
+             "the choice among trials.</p>"]  # fmt: skip
+    for dataset in sorted({r["dataset"] for r in rows}):
+        members = [r for r in rows if r["dataset"] == dataset]
+        path = out / f"selections_{slug(dataset)}.png"
+        plot_selections(selection_points(members), f"released models of sweeps ({dataset})",
+                        path)  # fmt: skip
+        parts.append(image(path, f"released models of sweeps ({dataset})"))
+        parts.append(table(members, SELECTION_COLUMNS, "selections"))
+    return "".join(parts)
+
+
 def build_report(roots: list[Path], out: Path, include: tuple[str, ...] = ()) -> Path:
     """The HTML report. Runs are pooled only with the seeds of their own config; sweep trials
     and debug runs stay out of the figures unless ``include`` names them ("sweeps", "debug"),
@@ -170,6 +194,7 @@ def build_report(roots: list[Path], out: Path, include: tuple[str, ...] = ()) ->
             f"{n} {why}" for why, n in sorted(left_out.items())) + ".</p>")  # fmt: skip
     for dataset, members in sorted(by_dataset.items()):
         sections.append(dataset_section(dataset, members, out))
+    sections.append(selections_section(find_selections(roots), out))
     rows = [run_row(r, _root(r, roots), include) for r in runs]
     sections.append("<h2>All runs</h2>" + table(rows, RUN_COLUMNS, "runs"))
     report = out / "report.html"

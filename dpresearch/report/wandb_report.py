@@ -8,7 +8,8 @@ from __future__ import annotations
 
 PANELS = ("accuracy vs epsilon", "validation accuracy vs epsilon spent",
           "examples/s per setting (separate processes: not a speed ratio)",
-          "peak memory per setting", "learning rate x clipping threshold")  # fmt: skip
+          "peak memory per setting", "learning rate x clipping threshold",
+          "released models of sweeps: test accuracy vs the epsilon of the release")  # fmt: skip
 
 
 def build(entity: str, project: str):
@@ -18,6 +19,9 @@ def build(entity: str, project: str):
                       filters="Config('job_type') == 'train'", groupby=["setting"])  # fmt: skip
     sweeps = wr.Runset(entity=entity, project=project, name="sweep trials",
                        filters="Config('job_type') == 'sweep'")  # fmt: skip
+    released = wr.Runset(entity=entity, project=project, name="released models of sweeps",
+                         filters="Config('job_type') == 'selection'",
+                         groupby=["setting"])  # fmt: skip
     return wr.Report(
         project=project,
         entity=entity,
@@ -58,6 +62,23 @@ def build(entity: str, project: str):
                         metrics=[wr.SummaryMetric("peak_memory_mb")],
                         groupby=wr.Config("setting"),
                         groupby_aggfunc="mean",
+                    ),
+                ],
+            ),  # fmt: skip
+            wr.H1("Released models of sweeps"),
+            wr.P(
+                "One point per sweep's winner. A private selection is drawn at the epsilon of "
+                "the whole sweep; a non-private selection at its winning trial's epsilon, which "
+                "does NOT account the choice among trials (its setting says so)."
+            ),
+            wr.PanelGrid(
+                runsets=[released],
+                panels=[
+                    wr.ScatterPlot(
+                        title=PANELS[5],
+                        x=wr.SummaryMetric("epsilon"),
+                        y=wr.SummaryMetric("test_accuracy"),
+                        log_x=True,
                     ),
                 ],
             ),  # fmt: skip

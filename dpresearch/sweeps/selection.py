@@ -294,3 +294,35 @@ def mark_winner(record: dict) -> None:
             f"K = {record['k_drawn']} trials; the released model's guarantee is the whole "
             f"procedure's: epsilon {record['total_epsilon']:.4g} at delta {record['delta']:g} "
             f"(selection.json in the sweep folder).\n"))  # fmt: skip
+
+
+def log_selection(config: Any, record: dict, sweep_dir: Path) -> None:
+    """With the wandb logger: one run of job_type ``selection`` per sweep, whose summary holds
+    the released model's test accuracy at the epsilon its release spent (the sweep's total
+    for a private selection, its trial's for a non-private one) and whose ``setting`` names
+    the kind of selection, so the wandb Report draws released models apart from trials."""
+    logger = config.get("logger") or {}
+    if not str(logger.get("_target_", "")).endswith("wandb_logger"):
+        return
+    from dpresearch.report.selections import selection_row
+    from dpresearch.tracking.loggers import wandb_mode
+
+    row = selection_row(sweep_dir, record)
+    if row is None:
+        return
+    import wandb
+
+    mode, _ = wandb_mode(logger.get("mode"))
+    kind = "private" if record["selection"] == "private" else "non-private (NOT accounted)"
+    run = wandb.init(project=logger.get("project"), group=logger.get("group"), mode=mode,
+                     job_type="selection", dir=str(sweep_dir), reinit="create_new",
+                     name=f"{sweep_dir.name} selection",
+                     config={"job_type": "selection", "selection": record["selection"],
+                             "setting": f"{kind} selection, {row['method']}, {row['dataset']}",
+                             "method": row["method"], "dataset": row["dataset"],
+                             "distribution": record.get("distribution"),
+                             "winner": (record.get("winner") or {}).get("params")})  # fmt: skip
+    run.summary.update({"epsilon": row["epsilon"], "test_accuracy": row["test_accuracy"],
+                        "k_trials": row["k"], "trial_epsilon": row["trial_epsilon"],
+                        "total_epsilon": record.get("total_epsilon")})  # fmt: skip
+    run.finish()

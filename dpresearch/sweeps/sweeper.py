@@ -37,6 +37,7 @@ from dpresearch.sweeps.selection import (
     agree_on_k,
     check_floor,
     check_private,
+    log_selection,
     mark_winner,
     nonprivate_record,
     private_record,
@@ -253,6 +254,7 @@ class OptunaSweeperImpl(Sweeper):
                                     privacy.get("target_epsilon"))  # fmt: skip
         write_selection(sweep_dir, record)
         mark_winner(record)
+        log_selection(self.config, record, sweep_dir)
         winner = record.get("winner")
         if winner is None:
             print(f"sweep {self.study_name}: no trial completed; nothing selected", flush=True)

@@ -192,9 +192,9 @@ def private_record(study: optuna.Study, count: TrialCount, k: int, delta: float,
         "delta": delta,
         "covered": "the winner alone: its hyperparameters, final weights and dp_score",
         "not_covered": "k_drawn (the bound needs K hidden: publishing it with the winner is "
-                       "outside the accountant), every other trial (its folder, its score in "
-                       "trials.csv, the study storage), exact validation accuracies and "
-                       "nonprivate_choice: the researcher's working records, not for release",
+        "outside the accountant), every other trial (its folder, its score in "
+        "trials.csv, the study storage), exact validation accuracies and "
+        "nonprivate_choice: the researcher's working records, not for release",
     }
     if mechanisms:
         curves = [trial_rdp(ORDERS, q, s, n, noise) for q, s, n, noise in mechanisms]

@@ -101,6 +101,8 @@ def test_private_sweep_releases_the_best_dp_score_at_the_total_epsilon(tmp_path)
     # Run again: the study keeps its K (never redrawn), no trial is added.
     again = run_sweep(tmp_path, *PRIVATE)
     assert f"among K = {k} trials" in again.stdout
+    statement = (Path(best["output_dir"]) / "privacy_statement.md").read_text()
+    assert statement.count("Released by a private selection") == 1  # marked once
     storage = f"sqlite:///{tmp_path}/optuna.db"
     assert len(optuna.load_study(study_name="digits_dp", storage=storage).trials) == k
 

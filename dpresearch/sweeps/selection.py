@@ -293,9 +293,11 @@ def mark_winner(record: dict) -> None:
                    selected_by=record["selection"])  # fmt: skip
     write_atomic(path, json.dumps(summary, indent=2) + "\n")
     statement = folder / "privacy_statement.md"
-    if statement.is_file() and record["selection"] == "private":
+    heading = "## Released by a private selection"
+    if (statement.is_file() and record["selection"] == "private"
+            and heading not in statement.read_text()):  # fmt: skip
         write_atomic(statement, statement.read_text() + (
-            f"\n## Released by a private selection\n\nThis trial won a private selection among "
+            f"\n{heading}\n\nThis trial won a private selection among "
             f"K = {record['k_drawn']} trials; the released model's guarantee is the whole "
             f"procedure's: epsilon {record['total_epsilon']:.4g} at delta {record['delta']:g} "
             f"(selection.json in the sweep folder).\n"))  # fmt: skip

@@ -143,3 +143,48 @@ def test_wandb_report_has_the_comparison_panels_built_offline() -> None:
     )
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert grids[0].runsets[0].groupby == ["setting"] and "train" in grids[0].runsets[0].filters
+
+
+def test_sweeps_released_models_are_drawn_at_the_epsilon_of_their_release(tmp_path) -> None:
+    """A private selection's winner at its sweep's TOTAL epsilon, with the same sweep's best
+    trial by exact validation as a non-private point at its trial's epsilon, labelled so; a
+    non-private sweep's winner at its trial's epsilon."""
+    import json
+
+    for sweep, kind, total in (("private", "private", 3.98), ("plain", "nonprivate", None)):
+        folder = tmp_path / sweep
+        fake_run(folder, "0", status="completed", epsilon=1.7, test_accuracy=0.8,
+                 config={"sweep_trial": {"number": 0}})  # fmt: skip
+        fake_run(folder, "1", status="completed", epsilon=1.7, test_accuracy=0.7,
+                 config={"sweep_trial": {"number": 1}})  # fmt: skip
+        entry = {"number": 0, "test_accuracy": 0.8, "trial_training_epsilon": 1.7,
+                 "output_dir": str(folder / "0")}  # fmt: skip
+        record = {"selection": kind, "total_epsilon": total, "winner": entry,
+                  "trials": {"complete": 2}}  # fmt: skip
+        if kind == "private":
+            record.update(
+                k_drawn=2,
+                total_target_epsilon=4.0,
+                nonprivate_choice={
+                    **entry,
+                    "number": 1,
+                    "test_accuracy": 0.7,
+                    "output_dir": str(folder / "1"),
+                },
+            )
+        (folder / "selection.json").write_text(json.dumps(record))
+    report = build_report([tmp_path], tmp_path / "out")
+    parsed = parse(report)
+    rows = {r["sweep"].rsplit("/", 1)[-1]: r for r in parsed.tables["selections"]}
+    assert float(rows["private"]["epsilon"]) == 3.98 and rows["private"]["k"] == "2"
+    assert float(rows["plain"]["epsilon"]) == 1.7
+    assert "released models of sweeps (digits)" in parsed.images
+    assert (tmp_path / "out" / "selections_digits.png").stat().st_size > 0
+    from dpresearch.report.selections import NONPRIVATE, PRIVATE, find_selections, points
+
+    series = points(find_selections([tmp_path]))
+    method = next(iter(series)).split(":")[0]
+    assert series[f"{method}: {PRIVATE}"] == [(3.98, 0.8, 0.0, 1)]
+    # the plain sweep's winner and the private sweep's best-by-exact-validation trial
+    assert series[f"{method}: {NONPRIVATE}"] == [(1.7, 0.75, pytest.approx(0.05), 2)]
+    assert "NOT accounted" in NONPRIVATE

@@ -12,6 +12,14 @@ PANELS = ("accuracy vs epsilon", "validation accuracy vs epsilon spent",
           "released models of sweeps: test accuracy vs the epsilon of the release")  # fmt: skip
 
 
+def accuracy_vs_epsilon(title: str):
+    """Test accuracy against the epsilon a run's summary reports (log scale)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    return wr.ScatterPlot(title=title, x=wr.SummaryMetric("epsilon"),
+                          y=wr.SummaryMetric("test_accuracy"), log_x=True)  # fmt: skip
+
+
 def build(entity: str, project: str):
     import wandb_workspaces.reports.v2 as wr
 
@@ -32,12 +40,7 @@ def build(entity: str, project: str):
             wr.PanelGrid(
                 runsets=[train],
                 panels=[
-                    wr.ScatterPlot(
-                        title=PANELS[0],
-                        x=wr.SummaryMetric("epsilon"),
-                        y=wr.SummaryMetric("test_accuracy"),
-                        log_x=True,
-                    ),
+                    accuracy_vs_epsilon(PANELS[0]),
                     wr.LinePlot(title=PANELS[1], x="epsilon", y=["val_acc"], groupby="setting"),
                 ],
             ),  # fmt: skip
@@ -74,12 +77,7 @@ def build(entity: str, project: str):
             wr.PanelGrid(
                 runsets=[released],
                 panels=[
-                    wr.ScatterPlot(
-                        title=PANELS[5],
-                        x=wr.SummaryMetric("epsilon"),
-                        y=wr.SummaryMetric("test_accuracy"),
-                        log_x=True,
-                    ),
+                    accuracy_vs_epsilon(PANELS[5]),
                 ],
             ),  # fmt: skip
             wr.H1("Sweeps"),

@@ -577,6 +577,9 @@ def run(
 
     Under data parallelism every rank runs this; rank 0 writes the run folder, and a rank that
     fails writes its own error log and a failed summary (the others are then stopped)."""
+    trial = cfg.get("sweep_trial")
+    if trial and trial.get("seed") is not None:  # a private selection's trial: its own seed
+        cfg.seed = int(trial.seed)
     with recorded(cfg, Path(output_dir), choices, multirun) as r:
         prepare(r, multirun)
         fit(r)

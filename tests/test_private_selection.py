@@ -70,6 +70,9 @@ def test_private_sweep_releases_the_best_dp_score_at_the_total_epsilon(tmp_path)
                  for t in trials]  # fmt: skip
     # One mechanism repeated: the same calibrated sigma, steps and score noise in every trial.
     assert len({(s["noise_multiplier"], s["steps"], s["sample_rate"]) for s in summaries}) == 1
+    # Independent trials: each its own seed, so its own batches, noise and score noise.
+    assert len({s["seed"] for s in summaries}) == k
+    assert len({round(s["dp_score"] - s["val_accuracy"], 9) for s in summaries}) == k
     s0 = summaries[0]
     assert s0["tuning"]["score_mechanism"]["kind"] == "gaussian_count"
     noise = s0["tuning"]["score_noise"]
@@ -121,7 +124,8 @@ def test_a_total_budget_the_selection_alone_spends_is_refused_before_k_is_drawn(
 
 
 def _config(public: bool = False, privacy: str = "dpresearch.privacy.spec.DPSpec"):
-    return OmegaConf.create({"privacy": {"_target_": privacy, "target_epsilon": 4.0},
+    return OmegaConf.create({"privacy": {"_target_": privacy, "target_epsilon": 4.0,
+                                         "noise_seed": None},
                              "dataset": {"public_validation": public}})  # fmt: skip
 
 
@@ -135,6 +139,7 @@ SPACE = {"optimizer.lr": None, "clipping.max_grad_norm": None}
     ({"space": {"privacy.noise_multiplier": None}}, "changes the privacy mechanism"),
     ({"space": {"trainer.max_epochs": None}}, "changes the privacy mechanism"),
     ({"objective": "test_accuracy"}, "objective=test_accuracy"),
+    ({"config": OmegaConf.merge(_config(), {"privacy": {"noise_seed": 7}})}, "noise_seed=7"),
     ({"config": _config(privacy="dpresearch.privacy.spec.NoPrivacy")}, "use privacy=dp"),
 ])  # fmt: skip
 def test_private_selection_refuses_what_its_accounting_does_not_cover(change, message):

@@ -14,6 +14,7 @@ covers that trial alone; selection.json says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -79,6 +80,12 @@ def check_private(config: Any, sampler: Mapping, pruner: Mapping | None, space: 
                 "from trial to trial; a private selection repeats one mechanism (search "
                 "learning rate, clipping threshold, optimizer settings, model width...)"
             )
+    if config.privacy.get("noise_seed") is not None:
+        raise ValueError(
+            f"privacy.noise_seed={config.privacy.noise_seed}: one noise stream for every trial; "
+            "a private selection needs independent trials (each gets its own seed): leave "
+            "privacy.noise_seed null"
+        )
     public = bool(config.dataset.get("public_validation", False))
     noise = tuning.get("score_noise")
     if not public and (noise is None or not float(noise) > 0):
@@ -106,6 +113,14 @@ def check_floor(config: Any, count: TrialCount, score_noise: float | None) -> No
             "hydra.sweeper.tuning.score_noise, or declare the validation split public "
             "(dataset.public_validation=true)"
         )
+
+
+def trial_seed(seed: int, study: str, number: int) -> int:
+    """Each trial's own seed (its batches, noise and score noise): the accounting repeats
+    INDEPENDENT runs, and trials sharing the sweep's seed would share their noise (their scores
+    would then differ only by their exact accuracies). Derived, so a sweep is reproducible."""
+    digest = hashlib.sha256(f"{seed}/{study}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 def trial_count(tuning: Mapping) -> TrialCount:

@@ -43,6 +43,7 @@ from dpresearch.sweeps.selection import (
     private_record,
     trial_count,
     trial_overrides,
+    trial_seed,
     write_selection,
 )
 from dpresearch.sweeps.study import (
@@ -194,6 +195,8 @@ class OptunaSweeperImpl(Sweeper):
         for key, value in (self.pruner_spec or {}).items():  # the trial rebuilds the pruner
             meta.append(f"+sweep_trial.pruner.{key}={value}")
         if self.count is not None:
+            seed = trial_seed(int(self.config.seed), self.study_name, trial.number)
+            meta.append(f"+sweep_trial.seed={seed}")
             public = bool(self.config.dataset.get("public_validation", False))
             meta += trial_overrides(self.count, None if public else self.tuning.get("score_noise"))
         return [*fixed, *params, *meta]

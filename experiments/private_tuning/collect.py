@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -77,11 +78,13 @@ def plot(summary: list[dict], path: Path) -> None:
                         marker="os^"[i], ls="--" if kind == "nonprivate" else "-",
                         label=label)  # fmt: skip
         ax.set_xscale("log")
+        ax.set_xticks([0.2, 0.5, 1, 2, 4, 8], ["0.2", "0.5", "1", "2", "4", "8"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("epsilon of the released model (delta 1e-5)")
         ax.set_ylabel("test accuracy (mean +- sd over 3 seeds)")
         ax.set_title(f"{dataset}: honest tuning vs today's practice vs no tuning", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,11 +2,12 @@
 gradients B, each trainable parameter's per-example squared gradient norms and a function
 that returns the factor-weighted sum of its per-example gradients.
 
-For weight matrices (Linear, Conv as im2col) the per-example gradient is G_i = B_i^T A_i with
-T positions per example. Its norm comes from whichever is cheaper (the "mixed" rule of Bu et
+For weight matrices (Linear) the per-example gradient is G_i = B_i^T A_i with T positions per
+example. Its norm comes from whichever is cheaper (the "mixed" rule of Bu et
 al.): the ghost-norm identity ||G_i||^2 = <A_i A_i^T, B_i B_i^T>, costing ~T^2 per entry pair,
 or the materialized G_i (d_in x d_out per example); ghost when 2 T^2 < d_in * d_out. The clipped
-sum is then one matrix product, (c * B)^T A, or sum_i c_i G_i.
+sum is then one matrix product, (c * B)^T A, or sum_i c_i G_i. Convolutions never unfold
+their input: see ``conv``.
 """
 
 from __future__ import annotations
@@ -118,15 +119,6 @@ def linear(m: nn.Module, a, b, trainable: set[int], transposed: bool = False):
     return out
 
 
-def _conv_as_2d(m: nn.Conv1d | nn.Conv2d):
-    """(kernel, dilation, padding, stride) as 2-D tuples; Conv1d is a 1 x k Conv2d. String
-    padding reads as 0 here (the input was padded explicitly)."""
-    padding = (0,) * len(m.kernel_size) if isinstance(m.padding, str) else m.padding
-    if isinstance(m, nn.Conv1d):
-        return (1, *m.kernel_size), (1, *m.dilation), (0, *padding), (1, *m.stride)
-    return m.kernel_size, m.dilation, padding, m.stride
-
-
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight,
                 3: torch.nn.grad.conv3d_weight}  # fmt: skip
 
@@ -154,28 +146,84 @@ def _per_example_conv_weight(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: tor
     return grads.view(n, *m.weight.shape)
 
 
+GHOST_CONV_BYTES = 512 * 2**20  # the patch Gram matrices' budget (N x positions^2 floats)
+
+
+def conv_norm_mode(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: torch.Tensor) -> str:
+    """How a groups-1 Conv1d/2d gets its per-example norms, by cost per example (measured on
+    this CPU, experiments/engines/): ``ghost``, the patch Gram (input Gram over padded positions
+    Tp^2 C, summed over kernel offsets, times the output Gram T^2 O) when that beats
+    ``materialized``, the per-example weight gradients by the convolution's own kernel with
+    the batch as groups (T O C K), and the Gram matrices fit the budget."""
+    t = b[0].numel() // b.shape[1]
+    tp = x[0].numel() // x.shape[1]
+    k = m.weight[0, 0].numel()
+    ghost = tp * tp * x.shape[1] + t * t * b.shape[1]
+    fits = len(x) * (tp * tp + 2 * t * t) * x.element_size() <= GHOST_CONV_BYTES
+    return "ghost" if fits and ghost < t * b.shape[1] * x.shape[1] * k else "materialized"
+
+
+def _patch_gram(m: nn.modules.conv._ConvNd, x: torch.Tensor, out_shape) -> torch.Tensor:
+    """<a_t, a_s> for every pair of output positions, a_t the (padded) input patch that
+    position t reads, without unfolding: the Gram of the padded input's positions, summed over
+    the kernel's offsets (stride and dilation as the convolution reads). (N, T, T)."""
+    n, c = x.shape[:2]
+    x2 = x.unsqueeze(2) if x.dim() == 3 else x  # Conv1d as 1 x L
+    hp, wp = x2.shape[2:]
+    flat = x2.reshape(n, c, hp * wp)
+    gram = (flat.mT @ flat).view(n, hp, wp, hp, wp)
+    ho, wo = (1, *out_shape) if x.dim() == 3 else out_shape
+    kh, kw = (1, *m.kernel_size) if x.dim() == 3 else m.kernel_size
+    sh, sw = (1, *m.stride) if x.dim() == 3 else m.stride
+    dh, dw = (1, *m.dilation) if x.dim() == 3 else m.dilation
+    total = None
+    for u in range(kh):
+        rows = slice(u * dh, u * dh + sh * (ho - 1) + 1, sh)
+        for v in range(kw):
+            cols = slice(v * dw, v * dw + sw * (wo - 1) + 1, sw)
+            part = gram[:, rows, cols, rows, cols]
+            total = part.clone() if total is None else total.add_(part)
+    return total.reshape(n, ho * wo, ho * wo)
+
+
+def _conv_weight(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: torch.Tensor) -> PerExample:
+    """A groups-1 Conv1d/2d weight from its explicitly padded input x and output gradient b.
+    Norms come from the cheaper of the patch Gram (ghost) and the per-example gradients
+    (materialized). A ghost layer's clipped sum is ONE call of the convolution's weight-gradient
+    kernel on the factor-scaled b, the kernel non-private training runs."""
+    dims = x.dim() - 2
+    grad_weight = _WEIGHT_GRAD[dims]
+
+    def weighted(c: torch.Tensor) -> torch.Tensor:
+        cb = b * c.to(b.dtype).view(-1, *([1] * (b.dim() - 1)))
+        return grad_weight(x, m.weight.shape, cb, stride=m.stride, padding=0,
+                           dilation=m.dilation)  # fmt: skip
+
+    def per_example() -> torch.Tensor:
+        return _per_example_conv_weight(m, x, b)
+
+    if conv_norm_mode(m, x, b) == "materialized":  # their weighted sum is an N-term einsum
+        return materialized(m.weight, per_example())
+    bf = b.reshape(len(b), b.shape[1], -1)  # (N, O, T)
+    sq = (_patch_gram(m, x, b.shape[2:]) * (bf.mT @ bf)).sum((1, 2))
+    return PerExample(m.weight, sq, weighted, "ghost", per_example)
+
+
 @register_bk_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(m: nn.modules.conv._ConvNd, a, b, trainable: set[int]) -> list[PerExample]:
-    """Conv1d/2d with groups 1: im2col, then the Linear rule (ghost norm or materialized).
-    Grouped (depthwise) convolutions and Conv3d: per-example gradients materialized by the
-    convolution's weight-gradient kernel. Any padding mode: the input is padded first."""
+    """Conv1d/2d with groups 1: no im2col (``_conv_weight``). Grouped (depthwise) convolutions
+    and Conv3d: per-example gradients materialized by the convolution's weight-gradient kernel.
+    Any padding mode: the input is padded first, then read with padding 0."""
     n = len(b)
-    b3 = b.reshape(n, b.shape[1], -1).mT  # (N, L, O)
     out = []
     if _wants(m.weight, trainable):
+        x = _explicitly_padded(m, a)
         if m.groups == 1 and isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            plain = m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            x = a if plain else _explicitly_padded(m, a)
-            x = x.unsqueeze(2) if isinstance(m, nn.Conv1d) else x
-            kernel, dilation, padding, stride = _conv_as_2d(m)
-            padding = padding if plain else (0, 0)
-            cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-            out.append(_matrix(m.weight, cols.mT, b3))  # im2col: (N, L, C*k*k)
+            out.append(_conv_weight(m, x, b))
         else:
-            out.append(materialized(m.weight, _per_example_conv_weight(
-                m, _explicitly_padded(m, a), b)))  # fmt: skip
+            out.append(materialized(m.weight, _per_example_conv_weight(m, x, b)))
     if _wants(m.bias, trainable):
-        out.append(_bias(m.bias, b3))
+        out.append(_bias(m.bias, b.reshape(n, b.shape[1], -1).mT))
     return out
 
 

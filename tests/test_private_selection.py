@@ -215,6 +215,7 @@ def test_the_released_model_is_a_wandb_run_of_its_own(tmp_path, monkeypatch):
     assert logged.config["job_type"] == "selection"
     assert logged.config["setting"].startswith("private selection")
     assert logged.summary["epsilon"] == 3.98 and logged.summary["test_accuracy"] == 0.8
+    assert "k_trials" not in logged.summary and logged.summary["nonprivate/k_trials"] == 4
     import wandb_workspaces.reports.v2 as wr
 
     from dpresearch.report.wandb_report import build

@@ -206,13 +206,7 @@ def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) 
     """(epsilon, delta) from an RDP curve: eps = min over orders of
     rdp + log(1 - 1/a) - (log delta + log a)/(a - 1) (Canonne, Kamath, Steinke 2020, Prop. 12);
     orders <= 1 are skipped."""
-    best = math.inf
-    for a, r in zip(orders, rdp):
-        if a <= 1 or not math.isfinite(r):
-            continue
-        eps = r + math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
-        best = min(best, eps)
-    return max(best, 0.0)
+    return max(min(_eps_at(a, r, delta) for a, r in zip(orders, rdp)), 0.0)
 
 
 def rdp_to_delta(orders: Sequence[float], rdp: Sequence[float], epsilon: float) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -36,6 +37,7 @@ from dpresearch.privacy.tuning import (
     trial_rdp,
 )
 
+log = logging.getLogger(__name__)
 SELECTIONS = ("nonprivate", "private")
 SCORE = "dp_score"  # the summary key a private selection reads
 # Search keys that change the mechanism every trial must share (its sample rate, steps, noise,
@@ -208,7 +210,7 @@ def private_record(study: optuna.Study, count: TrialCount, k: int, delta: float,
         "covered": "the winner alone: its hyperparameters, final weights and dp_score",
         "not_covered": "k_drawn (the bound needs K hidden: publishing it with the winner is "
         "outside the accountant), every other trial (its folder, its score in "
-        "trials.csv, the study storage), exact validation accuracies and "
+        "trials.csv and the sweep's figures, the study storage), exact validation accuracies and "
         "nonprivate_choice: the researcher's working records, not for release",
     }
     if mechanisms:
@@ -301,7 +303,9 @@ def mark_winner(record: dict) -> None:
     path = folder / "summary.json"
     try:
         summary = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        log.warning("the winner's summary %s cannot be read (%s): it does not carry "
+                    "tuning_epsilon; selection.json does", path, err)  # fmt: skip
         return
     summary.update(tuning_epsilon=record.get("total_epsilon"), tuning_delta=record.get("delta"),
                    selected_by=record["selection"])  # fmt: skip

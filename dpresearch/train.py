@@ -414,7 +414,9 @@ def prepare(r: Run, multirun: bool) -> None:
             f"callbacks.{next(iter(hooks))} observes DP steps, so it needs a DP run "
             "(privacy=dp): this run is not private, there is no step to observe"
         )
-    datamodule = r.datamodule = build(cfg.dataset)
+    if r.datamodule is None:  # the benchmark brings one holding synthetic data
+        r.datamodule = build(cfg.dataset)
+    datamodule = r.datamodule
     datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
     summary.update(
         dataset=r.choices.get("dataset", datamodule.name),

@@ -17,9 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from dpresearch.benchmark.runner import benchmark, rows_as_dicts
-from dpresearch.finetune.scopes import BiasOnly, Full, HeadOnly, LoRA, Scope
-from dpresearch.train import build, resolve_device
+from dpresearch.benchmark.runner import benchmark, rows_as_dicts, variants_of
+from dpresearch.train import resolve_device
 
 
 def device_name(device: torch.device) -> str:
@@ -28,39 +27,39 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+AXES = ("scope", "sampler", "compile", "physical_batch_size", "precision")
+
+
 def print_rows(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for col in ("scope", "method", "examples/s", "ms/step", "peak MiB", "speed vs non-private",
-                "memory vs non-private", "speed vs non-private full"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("scope", "method") else "right")
+    """The table; an axis with one value across all rows is said once in the title."""
+    varied = [a for a in AXES if len({r[a] for r in rows}) > 1]
+    fixed = ", ".join(f"{a} {rows[0][a]}" for a in AXES if a not in varied) if rows else ""
+    table = Table(title=f"{title}\n{fixed}")
+    for col in ("method", *varied, "examples/s", "ms/step", "peak MiB",
+                "speed vs non-private", "memory vs non-private", "speed vs reference"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "method" or col in varied else "right")
 
     def ratio(value):
         return "n/a" if value is None else f"{value:.2f}x"
 
     for r in rows:
         table.add_row(
-            r["scope"],
             r["method"],
+            *(str(r[a]) for a in varied),
             f"{r['examples_per_s']:.1f}",
             f"{r['ms_per_step']:.1f}",
             f"{r['peak_memory_mb']:.1f}",
             ratio(r["ratio_to_nonprivate"]),
             ratio(r["memory_ratio_to_nonprivate"]),
-            ratio(r["ratio_to_nonprivate_full"]),
+            ratio(r["ratio_to_reference"]),
         )
     Console().print(table)
 
 
-SCOPES = {"full": Full, "head_only": HeadOnly, "bias_only": BiasOnly, "lora": LoRA}
-
-
-def scope_for(name: str, cfg: DictConfig) -> Scope:
-    """The scope called ``name``: the ``finetune`` group's own if it is that one (with its
-    overrides), else that scope with its defaults."""
-    if name not in SCOPES:
-        raise ValueError(f"bench.scopes: unknown scope {name!r}; choose from {list(SCOPES)}")
-    finetune = build(cfg.finetune)
-    return finetune if finetune.name == name else SCOPES[name]()
+def row_label(row: dict, varied: list[str]) -> str:
+    """scope/method, then the values of the axes that vary (a wandb summary key per row)."""
+    rest = [f"{a}={row[a]}" for a in AXES[1:] if a in varied]
+    return "/".join([row["scope"], row["method"], *rest])
 
 
 def log_to_wandb(cfg: DictConfig, record: dict, output_dir: Path) -> None:
@@ -80,40 +79,77 @@ def log_to_wandb(cfg: DictConfig, record: dict, output_dir: Path) -> None:
     columns = list(record["rows"][0])
     data = [[r[c] for c in columns] for r in record["rows"]]
     run.log({"benchmark": wandb.Table(columns=columns, data=data)})
+    varied = [a for a in AXES if len({r.get(a) for r in record["rows"]}) > 1]
     for r in record["rows"]:
         for key in ("examples_per_s", "peak_memory_mb", "ratio_to_nonprivate"):
-            run.summary[f"{r['scope']}/{r['method']}/{key}"] = r[key]
+            run.summary[f"{row_label(r, varied)}/{key}"] = r[key]
     run.finish()
 
 
-def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dict:
-    torch.manual_seed(cfg.seed)
+def key_of(override: str) -> str:
+    """The config key an override sets (``++trainer.max_steps=5`` -> trainer.max_steps)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(user: list[str], variant: list[str], choices: dict) -> list[str]:
+    """The user's overrides, less those the variant sets and the settings of a group whose
+    option the variant changes (``privacy.*`` under privacy=none), then the variant's."""
+    keys = {key_of(o) for o in variant}
+    options = {key_of(o): o.split("=", 1)[1] for o in variant}
+    switched = [g for g, option in options.items() if g in choices and option != choices[g]]
+
+    def dropped(o: str) -> bool:
+        return key_of(o) in keys or any(key_of(o).startswith(f"{g}.") for g in switched)
+
+    kept = [o for o in user if not dropped(o)]
+    return kept + variant
+
+
+def axes_of(cfg: DictConfig, choices: dict) -> dict[str, list]:
+    """The bench axes' values; an axis left null takes the run config's own setting."""
     bench = cfg.bench
-    datamodule = build(cfg.dataset)
-    clipping = build(cfg.clipping)
-    sampling = build(cfg.sampler)
-    model = build(cfg.model, **datamodule.model_kwargs())
-    scopes = {name: scope_for(name, cfg) for name in bench.scopes}
-    device = resolve_device(cfg.trainer.get("accelerator", "auto"))
-    rows = benchmark(
-        model,
-        lambda seed: datamodule.synthetic_batch(bench.batch_size, seed),
-        list(bench.methods),
-        scopes=scopes,
-        optimizer_factory=hydra.utils.instantiate(cfg.optimizer),
-        factors=clipping.factors,
-        per_layer=clipping.per_layer,
+
+    def axis(name: str, default):
+        value = bench.get(name)
+        return list(value) if value is not None else [default]
+
+    physical = min(bench.batch_size, cfg.sampler.max_physical_batch_size)
+    return {"scope": list(bench.scopes),
+            "sampler": axis("samplers", choices.get("sampler", "poisson")),
+            "compile": [bool(c) for c in axis("compile", cfg.trainer.get("compile", False))],
+            "physical": [int(p) for p in axis("physical", physical)],
+            "precision": [str(p) for p in axis("precision", cfg.trainer.precision)]}  # fmt: skip
+
+
+def run_benchmark(
+    cfg: DictConfig, output_dir: str | Path, choices: dict, task: list[str] | None = None
+) -> dict:
+    """``task``: the command line's overrides, which every variant's config starts from."""
+    from hydra import compose
+
+    bench = cfg.bench
+    variants = variants_of(list(bench.methods), axes_of(cfg, choices))
+    user = [o for o in (task or []) if not key_of(o).startswith("bench.")]
+
+    def compose_variant(overrides: list[str]) -> DictConfig:
+        return compose(config_name="benchmark", overrides=merge_overrides(user, overrides, choices))
+
+    rows, skipped = benchmark(
+        compose_variant,
+        variants,
         batch_size=bench.batch_size,
-        physical=min(bench.batch_size, sampling.max_physical_batch_size),
         steps=bench.steps,
         warmup=bench.warmup,
-        noise_std=1.0 * clipping.max_grad_norm,  # sigma=1: noise costs the same at any sigma
-        device=device,
+        rounds=bench.rounds,
+        workdir=Path(output_dir) / "blocks",
     )
+    device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     record = {
         "rows": rows_as_dicts(rows),
+        "skipped": skipped,
         "device": device_name(device),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "choices": choices,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -125,6 +161,9 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
         f"{record['device']}"
     )
     print_rows(record["rows"], title)
+    for s in skipped:
+        Console().print(f"skipped {s['method']} ({s['sampler']}, compile {s['compile']}, "
+                        f"{s['precision']}): {s['reason']}")  # fmt: skip
     log_to_wandb(cfg, record, Path(output_dir))
     Console().print(f"wrote {path}")
     return record
@@ -133,7 +172,8 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path, choices: dict) -> dic
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    run_benchmark(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
+    run_benchmark(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices),
+                  list(hydra_cfg.overrides.task))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set: TensorSet | None = None
         self.train_batch_sampler = None
         self._restored_sampler: dict | None = None
+        self._synthetic: int | None = None
 
     def attach_sampler(self, sampler: Sampling, seed: int | None) -> None:
         """How training batches are drawn (the ``sampler`` group): seeded by the run, or with
@@ -137,6 +138,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         x = torch.randn(n, *self.input_shape, generator=g)
         return x, torch.randint(0, self.num_classes, (n,), generator=g)
 
+    def use_synthetic(self, n: int) -> None:
+        """Train on ``n`` random examples of the dataset's shape instead of its records
+        (``synthetic_batch``; validation and test get their own): the benchmark trains the real
+        path without reading or downloading data. Call before ``setup``."""
+        if n < 1:
+            raise ValueError(f"a synthetic training set needs at least 1 example, got {n}")
+        self._synthetic = n
+
     def check_batch(self, n: int = 5, seed: int = 0) -> tuple[Inputs, torch.Tensor]:
         """The engine self-check's examples: random inputs of the dataset's shapes and dtypes
         from a public seed (no record is read), the last one a padding example."""
@@ -159,6 +168,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if self._synthetic is not None:
+            self._setup_synthetic(self._synthetic)
+            return
         x, y, x_test, y_test = self.load()
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         n_val = max(1, int(round(self.val_fraction * len(y))))
@@ -168,6 +180,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.test_set = TensorSet(x_test, y_test, self.transform)
         if self.sampler is None:
             raise RuntimeError("attach_sampler(...) before setup(): no training sampler")
+
+    def _setup_synthetic(self, n: int) -> None:
+        if self.sampler is None:
+            raise RuntimeError("attach_sampler(...) before setup(): no training sampler")
+        evaluation = min(n, self.eval_batch_size)
+        self.train_set = TensorSet(*self.synthetic_batch(n, 0))
+        self.val_set = TensorSet(*self.synthetic_batch(evaluation, 1))
+        self.test_set = TensorSet(*self.synthetic_batch(evaluation, 2))
 
     @property
     def num_train(self) -> int:

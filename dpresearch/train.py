@@ -69,7 +69,7 @@ from dpresearch.tracking.callbacks import (
 )
 from dpresearch.tracking.console import print_config, print_summary
 from dpresearch.tracking.summary import record_failure, run_tags, write_summary
-from dpresearch.trainer_settings import check_trainer
+from dpresearch.trainer_settings import check_engine_precision, check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +425,7 @@ def prepare(r: Run, multirun: bool) -> None:
         finetune=r.choices.get("finetune", scope.name),
         sampler=r.choices.get("sampler", sampling.name),
         private=privacy.enabled,
+        precision=str(cfg.trainer.get("precision", "32-true")),
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -440,6 +441,7 @@ def prepare(r: Run, multirun: bool) -> None:
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
         check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
     plan = r.plan = choose_engine(plan, model, clipping, check)
+    check_engine_precision(plan.engine, cfg.trainer.get("precision", "32-true"))
     summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},
                    num_train=datamodule.num_train)  # fmt: skip
     # Which debug mode, if any (trainer.fast_dev_run set by hand counts as fdr).

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-# Precisions whose clipping and noise are exact enough for the accountant. bf16/16-mixed give
-# per-example norms off by up to 1.5% (contributions above C) and bfloat16 noise is not the
-# Gaussian the accountant counts; until the engines make them exact they are refused.
-PRIVATE_PRECISIONS = {"32", "32-true", "64", "64-true"}
+# Precisions whose clipping and noise the accountant covers. Under bf16-mixed (autocast) the
+# engines take per-example norms and the clipped sum in float32 from the same tensors, and
+# the parameters, their gradients and the noise stay float32. *-true precisions keep the
+# parameters and noise in half precision; 16-mixed scales the loss with a GradScaler whose
+# unscaling and skipped steps happen outside the DP step: both refused.
+PRIVATE_PRECISIONS = {"32", "32-true", "64", "64-true", "bf16-mixed"}
+MIXED_PRECISIONS = {"bf16-mixed", "16-mixed"}
 
 
 def _several(value) -> bool:
@@ -54,16 +57,36 @@ def check_trainer(node: DictConfig, private: bool, ddp: bool) -> None:
     if not private:
         return
     precision = str(node.get("precision", "32-true"))
+    if precision == "16-mixed":
+        raise ValueError(
+            "trainer.precision=16-mixed in a private run: its loss scaler (GradScaler) would "
+            "unscale the noised gradient and skip steps outside the DP step; use "
+            "trainer.precision=bf16-mixed (norms, clipped sum and noise in float32) or 32-true"
+        )
     if precision not in PRIVATE_PRECISIONS:
         raise ValueError(
-            f"trainer.precision={precision} in a private run: per-example norms in reduced "
-            "precision can exceed the clipping bound and the noise must be float32 or wider; "
-            "use trainer.precision=32-true (or 64-true)"
+            f"trainer.precision={precision} in a private run: parameters, clipped sums and "
+            "noise in half precision are not the Gaussian mechanism the accountant counts; "
+            "use trainer.precision=bf16-mixed (float32 norms, sums and noise) or 32-true"
         )
     if node.get("overfit_batches", 0):
         raise ValueError(
             f"trainer.overfit_batches={node.get('overfit_batches')} replays fixed batches, "
             "which is not the Poisson sampling the accountant assumes; remove it in private runs"
+        )
+
+
+def check_engine_precision(engine: str | None, precision: str) -> None:
+    """The ghost engine's second backward pass recomputes each example's gradient through the
+    half-precision graph, so its contribution is not the one whose norm was clipped: under
+    mixed precision it could exceed C by the rounding. bk, hooks and vmap take norm and sum
+    from the same float32 tensors."""
+    if engine == "ghost" and str(precision) in MIXED_PRECISIONS:
+        raise ValueError(
+            f"clipping.engine=ghost with trainer.precision={precision}: its second backward "
+            "pass re-rounds each example's gradient in half precision, so a clipped "
+            "contribution can exceed clipping.max_grad_norm; use clipping.engine=bk (or hooks, "
+            "vmap), or trainer.precision=32-true"
         )
 
 

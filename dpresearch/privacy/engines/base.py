@@ -39,6 +39,17 @@ def without_padding(layer: nn.Module, ids: torch.Tensor, backprops: torch.Tensor
     return backprops * (ids != layer.padding_idx).unsqueeze(-1).to(backprops.dtype)
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def float32(t: Any) -> Any:
+    """A half-precision tensor in float32 (others as they are). Under mixed precision
+    (autocast) activations and output gradients come in bf16/fp16; per-example norms and the
+    clipped sum are taken in float32 from the SAME tensors, so each example's contribution
+    is bounded by C as exactly as in a float32 run."""
+    return t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF else t
+
+
 class Engine:
     """Accumulates sum_i factor_i * g_i over the physical batches of one logical batch."""
 

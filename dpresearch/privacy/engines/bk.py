@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dpresearch.privacy.engines.base import Engine, Factors, example_losses
+from dpresearch.privacy.engines.base import Engine, Factors, example_losses, float32
 from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample, materialized
 from dpresearch.privacy.spec import PrivacyConfigError
 
@@ -81,7 +81,9 @@ class BookKeepingEngine(Engine):
         return output
 
     def _record(self, module: nn.Module, a: torch.Tensor | None, grad: torch.Tensor) -> None:
-        self._records.extend(RULES[type(module)](module, a, grad.detach(), self._trainable))
+        # Mixed precision: the rules read float32 copies (norms and sums in float32).
+        records = RULES[type(module)](module, float32(a), float32(grad.detach()), self._trainable)
+        self._records.extend(records)
 
     def _combined(self, n: int) -> list[PerExample]:
         """One record per trainable parameter. A parameter used several times (a tied

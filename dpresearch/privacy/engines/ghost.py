@@ -18,7 +18,11 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from torch import nn
 
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses
-from dpresearch.privacy.engines.hooks import quiet_full_backward_hook_warning, unused_norms
+from dpresearch.privacy.engines.hooks import (
+    quiet_full_backward_hook_warning,
+    rules_in_float32,
+    unused_norms,
+)
 from dpresearch.privacy.spec import PrivacyConfigError
 
 _OPACUS_EMBEDDING_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
@@ -47,6 +51,7 @@ class GhostEngine(Engine):
             raise PrivacyConfigError(PER_LAYER_REFUSAL)
         super().__init__(module, factors)
         quiet_full_backward_hook_warning()
+        rules_in_float32()
         # Opacus logs one INFO line per layer on every wrap; keep its warnings only.
         logging.getLogger("opacus").setLevel(logging.WARNING)
         self.gsm = GradSampleModuleFastGradientClipping(

@@ -23,7 +23,13 @@ from opacus.grad_sample import (
 from torch import nn
 from torch.nn import functional as F
 
-from dpresearch.privacy.engines.base import Engine, Factors, example_losses, without_padding
+from dpresearch.privacy.engines.base import (
+    Engine,
+    Factors,
+    example_losses,
+    float32,
+    without_padding,
+)
 
 _OPACUS_EMBEDDING_GRAD = GradSampleModule.GRAD_SAMPLERS[nn.Embedding]
 _OPACUS_EMBEDDING_NORM = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
@@ -89,6 +95,28 @@ def opacus_supported(module: nn.Module) -> str | None:
     return None
 
 
+def _in_float32(sampler: Callable) -> Callable:
+    """An Opacus rule that reads float32 copies of its activations and output gradients:
+    under mixed precision the per-example gradients (or norms) are float32, so their norms
+    and clipped sum are too."""
+    if getattr(sampler, "float32_inputs", False):
+        return sampler
+
+    def wrapped(layer, activations, backprops):
+        return sampler(layer, [float32(a) for a in activations], float32(backprops))
+
+    wrapped.float32_inputs = True
+    return wrapped
+
+
+def rules_in_float32() -> None:
+    """Every registered Opacus rule (ours and any registered since) reads float32."""
+    for registry in (GradSampleModule.GRAD_SAMPLERS,
+                     GradSampleModuleFastGradientClipping.NORM_SAMPLERS):  # fmt: skip
+        for layer_type, sampler in list(registry.items()):
+            registry[layer_type] = _in_float32(sampler)
+
+
 def quiet_full_backward_hook_warning() -> None:
     # The first layer's input needs no gradient; torch warns on every step that the full
     # backward hook fires anyway, which is what Opacus relies on.
@@ -101,6 +129,7 @@ class HooksEngine(Engine):
     def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
         super().__init__(module, factors, per_layer)
         quiet_full_backward_hook_warning()
+        rules_in_float32()
         self.gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum", strict=True)
 
     def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:

@@ -163,6 +163,23 @@ def test_benchmark_is_a_wandb_run_of_job_type_benchmark(monkeypatch, tmp_path) -
     assert FakeRun.summary["full/dp_bk/examples_per_s"] == 10.0
 
 
+def test_synthetic_data_needs_no_files(tmp_path) -> None:
+    """The benchmark's data: random examples of the dataset's shape; a dataset whose files
+    are absent (CIFAR-10 here, offline) is never read."""
+    from dpresearch.data.samplers import PoissonSampling
+    from dpresearch.data.vision import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(data_dir=str(tmp_path))
+    dm.use_synthetic(40)
+    dm.attach_sampler(PoissonSampling(expected_batch_size=8), 0)
+    dm.prepare_data()
+    dm.setup("fit")
+    x, y = dm.train_set.__getitems__(list(range(40)))
+    assert dm.num_train == 40 and x.shape == (40, 3, 32, 32) and y.max() < 10
+    with pytest.raises(ValueError, match="at least 1 example"):
+        dm.use_synthetic(0)
+
+
 def test_bench_axes_default_to_the_run_config() -> None:
     from omegaconf import OmegaConf
 

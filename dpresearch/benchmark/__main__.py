@@ -53,7 +53,7 @@ def print_rows(rows: list[dict], title: str) -> None:
             ratio(r["memory_ratio_to_nonprivate"]),
             ratio(r["ratio_to_reference"]),
         )
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def row_label(row: dict, varied: list[str]) -> str:

@@ -65,7 +65,7 @@ class VisionDataModule(ClassificationDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        if self.files_present():
+        if self._synthetic is not None or self.files_present():  # synthetic: nothing to read
             return
         where = self.data_dir.resolve()
         if not self.download:

@@ -1,4 +1,5 @@
-"""One DP-SGD step as named stages, run by the training strategy and the benchmark alike.
+"""One DP-SGD step as named stages, run by the training strategy (which the benchmark trains
+through).
 
     accumulate     the engine over each physical batch: its clipped per-example sum
     clipped sum    the step's sum; hooks see it before noise (an audit's canaries join it)
@@ -7,8 +8,8 @@
     release        hooks see what the step releases: the noised, reduced sum
     scale          divided by the public expected batch size: the optimizer's gradient
 
-Each stage is a function of what it needs, so a strategy, the benchmark and the next noise
-mechanisms call the same code. ``StepHook`` is the one extension point: what observes or
+Each stage is a function of what it needs, so the strategies (one device, DDP) and the next
+noise mechanisms call the same code. ``StepHook`` is the one extension point: what observes or
 changes a step implements some of its methods: the budget guard (``privacy.budget``) and
 the audit's canaries.
 """

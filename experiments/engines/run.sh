@@ -2,7 +2,7 @@
 # Reproduces experiments/engines/: DP engines against non-private training and against Opacus
 # itself, each workload in ONE benchmark process (python -m dpresearch.benchmark): every
 # variant is a run.py configuration trained by trainer.fit (the real path), in blocks
-# interleaved round by round. Run it alone on the machine (about 40 minutes on 2 cores).
+# interleaved round by round. Run it alone on the machine (about 30 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-experiments/engines/raw}

@@ -73,11 +73,17 @@ class BookKeepingEngine(Engine):
         )
         # Each call keeps its own input: a layer called twice (shared weights, a recurrent
         # cell) gives one record per call, summed per example in ``_combined``.
-        a = inputs[0].detach() if keep else None
+        held = [inputs[0].detach() if keep else None]
         self.kept_inputs[self._paths[module]] = keep
+
+        def hook(grad: torch.Tensor) -> None:
+            # Let go of the input once recorded: the graph (and this hook) lives until the
+            # whole backward ends, and would otherwise keep every layer's input to the end.
+            self._record(module, held.pop(), grad)
+
         if not output.requires_grad:  # a first layer: nothing upstream needs a gradient
             output = output + self._anchor.to(output.device, output.dtype)
-        output.register_hook(lambda grad: self._record(module, a, grad))
+        output.register_hook(hook)
         return output
 
     def _record(self, module: nn.Module, a: torch.Tensor | None, grad: torch.Tensor) -> None:

@@ -186,24 +186,26 @@ def _patch_gram(m: nn.modules.conv._ConvNd, x: torch.Tensor, out_shape) -> torch
     return total.reshape(n, ho * wo, ho * wo)
 
 
-def _conv_weight(m: nn.modules.conv._ConvNd, x: torch.Tensor, b: torch.Tensor) -> PerExample:
-    """A groups-1 Conv1d/2d weight from its explicitly padded input x and output gradient b.
-    Norms come from the cheaper of the patch Gram (ghost) and the per-example gradients
-    (materialized). A ghost layer's clipped sum is ONE call of the convolution's weight-gradient
-    kernel on the factor-scaled b, the kernel non-private training runs."""
-    dims = x.dim() - 2
+def _conv_weight(m: nn.modules.conv._ConvNd, a: torch.Tensor, b: torch.Tensor) -> PerExample:
+    """A groups-1 Conv1d/2d weight from its input a and output gradient b. Norms come from the
+    cheaper of the patch Gram (ghost) and the per-example gradients (materialized). A ghost
+    layer's clipped sum is ONE call of the convolution's weight-gradient kernel on the
+    factor-scaled b, the kernel non-private training runs. It keeps the unpadded input and
+    pads it again when the sum is taken: the padded copy is transient, not held to the end."""
+    dims = a.dim() - 2
     grad_weight = _WEIGHT_GRAD[dims]
+    x = _explicitly_padded(m, a)
 
     def weighted(c: torch.Tensor) -> torch.Tensor:
         cb = b * c.to(b.dtype).view(-1, *([1] * (b.dim() - 1)))
-        return grad_weight(x, m.weight.shape, cb, stride=m.stride, padding=0,
-                           dilation=m.dilation)  # fmt: skip
+        return grad_weight(_explicitly_padded(m, a), m.weight.shape, cb, stride=m.stride,
+                           padding=0, dilation=m.dilation)  # fmt: skip
 
     def per_example() -> torch.Tensor:
-        return _per_example_conv_weight(m, x, b)
+        return _per_example_conv_weight(m, _explicitly_padded(m, a), b)
 
     if conv_norm_mode(m, x, b) == "materialized":  # their weighted sum is an N-term einsum
-        return materialized(m.weight, per_example())
+        return materialized(m.weight, _per_example_conv_weight(m, x, b))
     bf = b.reshape(len(b), b.shape[1], -1)  # (N, O, T)
     sq = (_patch_gram(m, x, b.shape[2:]) * (bf.mT @ bf)).sum((1, 2))
     return PerExample(m.weight, sq, weighted, "ghost", per_example)
@@ -217,10 +219,10 @@ def conv(m: nn.modules.conv._ConvNd, a, b, trainable: set[int]) -> list[PerExamp
     n = len(b)
     out = []
     if _wants(m.weight, trainable):
-        x = _explicitly_padded(m, a)
         if m.groups == 1 and isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            out.append(_conv_weight(m, x, b))
+            out.append(_conv_weight(m, a, b))
         else:
+            x = _explicitly_padded(m, a)
             out.append(materialized(m.weight, _per_example_conv_weight(m, x, b)))
     if _wants(m.bias, trainable):
         out.append(_bias(m.bias, b.reshape(n, b.shape[1], -1).mT))

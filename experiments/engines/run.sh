@@ -36,4 +36,11 @@ bench small_cnn model=small_cnn dataset=digits bench.methods=$all bench.batch_si
 bench small_cnn_split model=small_cnn dataset=digits \
   bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=1024 \
   bench.physical=[1024,256] bench.steps=10 bench.warmup=2
+# After bk let go of each layer's input once read (issue 19): bk against non-private and Opacus.
+bench wrn16_4_memory_fix model=wrn16_4 dataset=cifar10 bench.methods=[nonprivate,dp_bk,opacus_hooks] \
+  bench.batch_size=64 bench.steps=4 bench.warmup=1
+bench vit_micro_memory_fix model=vit_micro dataset=cifar10 \
+  bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=64 bench.steps=8 bench.warmup=2
+bench small_cnn_memory_fix model=small_cnn dataset=digits \
+  bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=256 bench.steps=20 bench.warmup=2
 python experiments/engines/collect.py "$out"/*.json

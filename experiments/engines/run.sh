@@ -43,4 +43,8 @@ bench vit_micro_memory_fix model=vit_micro dataset=cifar10 \
   bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=64 bench.steps=8 bench.warmup=2
 bench small_cnn_memory_fix model=small_cnn dataset=digits \
   bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=256 bench.steps=20 bench.warmup=2
+# Again, three rounds, on a faster machine (session of 2026-12-02, 05:04 UTC).
+bench small_cnn_rerun model=small_cnn dataset=digits \
+  bench.methods=[nonprivate,dp_bk,opacus_hooks] bench.batch_size=256 bench.steps=20 bench.warmup=2 \
+  bench.rounds=3
 python experiments/engines/collect.py "$out"/*.json

@@ -141,3 +141,23 @@ def test_bf16_mixed_private_run_trains_with_float32_noise(compose_cfg, tmp_path,
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["precision"] == "bf16-mixed"
     assert dtypes and set(dtypes) == {torch.float32}
+
+
+@pytest.mark.parametrize("engine", ["hooks", "ghost"])
+def test_float32_rules_belong_to_the_engine_not_to_opacus(engine) -> None:
+    """The engine's Opacus module reads float32 through its own copies of the rule
+    registries; Opacus' class-wide registries (what a direct user of Opacus gets in the same
+    process, e.g. the benchmark's opacus_* rows) are left unwrapped."""
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    made = make_engine(engine, torch.nn.Linear(3, 2), FixedClipping(1.0).factors)
+    try:
+        own = made.gsm.GRAD_SAMPLERS[torch.nn.Linear]
+        assert getattr(own, "float32_inputs", False)
+        for registry in (GradSampleModule.GRAD_SAMPLERS,
+                         GradSampleModuleFastGradientClipping.GRAD_SAMPLERS,
+                         GradSampleModuleFastGradientClipping.NORM_SAMPLERS):  # fmt: skip
+            assert not any(getattr(s, "float32_inputs", False) for s in registry.values())
+    finally:
+        made.close()

@@ -51,12 +51,12 @@ class GhostEngine(Engine):
             raise PrivacyConfigError(PER_LAYER_REFUSAL)
         super().__init__(module, factors)
         quiet_full_backward_hook_warning()
-        rules_in_float32()
         # Opacus logs one INFO line per layer on every wrap; keep its warnings only.
         logging.getLogger("opacus").setLevel(logging.WARNING)
         self.gsm = GradSampleModuleFastGradientClipping(
             module, batch_first=True, loss_reduction="sum", strict=True, use_ghost_clipping=True
         )
+        rules_in_float32(self.gsm)
 
     def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
         for p in self.params:

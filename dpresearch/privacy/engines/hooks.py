@@ -109,12 +109,14 @@ def _in_float32(sampler: Callable) -> Callable:
     return wrapped
 
 
-def rules_in_float32() -> None:
-    """Every registered Opacus rule (ours and any registered since) reads float32."""
-    for registry in (GradSampleModule.GRAD_SAMPLERS,
-                     GradSampleModuleFastGradientClipping.NORM_SAMPLERS):  # fmt: skip
-        for layer_type, sampler in list(registry.items()):
-            registry[layer_type] = _in_float32(sampler)
+def rules_in_float32(gsm: nn.Module) -> None:
+    """``gsm`` (an Opacus GradSampleModule) reads float32 copies through every rule registered
+    by now (Opacus looks its rules up on the instance): its own wrapped registries shadow the
+    class-wide ones, which stay as they are for anyone else using Opacus in this process."""
+    for name in ("GRAD_SAMPLERS", "NORM_SAMPLERS"):
+        registry = getattr(type(gsm), name, None)
+        if registry is not None:
+            object.__setattr__(gsm, name, {t: _in_float32(s) for t, s in registry.items()})
 
 
 def quiet_full_backward_hook_warning() -> None:
@@ -129,8 +131,8 @@ class HooksEngine(Engine):
     def __init__(self, module: nn.Module, factors: Factors, per_layer: bool = False):
         super().__init__(module, factors, per_layer)
         quiet_full_backward_hook_warning()
-        rules_in_float32()
         self.gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum", strict=True)
+        rules_in_float32(self.gsm)
 
     def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
         for p in self.params:

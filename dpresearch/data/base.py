@@ -206,8 +206,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         built = self.train_batch_sampler
         if built is None or (built.rank, built.world_size) != (rank, world):
             self.train_batch_sampler = self.sampler.build(
-                len(self.train_set), self._sampler_source(), rank, world
+                len(self.train_set), self._sampler_source(), rank, world, dataset=self.train_set
             )
+            if hasattr(self.train_batch_sampler, "step_source") and self.trainer is not None:
+                trainer = self.trainer  # a step's batch follows the trainer's step counter
+                self.train_batch_sampler.step_source = lambda: trainer.global_step
         if self._restored_sampler is not None:
             self.train_batch_sampler.load_state_dict(self._restored_sampler)
             self._restored_sampler = None

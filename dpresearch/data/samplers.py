@@ -5,6 +5,8 @@ probability q, so logical batch sizes vary. ``PoissonSampling`` does exactly tha
 ``ShuffleSampling`` is the common fixed-size shuffled batching, kept for comparison and flagged
 by the privacy wiring as not matching the accounting. Splitting a logical batch into physical
 batches (bounded memory) happens in the training strategy, not here.
+``CyclicPoissonSampling`` is the sampler correlated noise (BandMF) is accounted for: the data
+in b groups, step t Poisson-sampling only group t mod b.
 
 Under data parallelism every sampler is built with its process's ``rank`` of ``world_size``.
 Every rank draws the same global Poisson mask (the generator is seeded alike), so every rank
@@ -26,12 +28,14 @@ never written to a record or checkpoint, the same on every rank.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from dpresearch.data.padding import PAD_INDEX
 
@@ -58,17 +62,20 @@ class SecureStream:
             raise ValueError("a secure sampling key needs at least 16 bytes")
         self._key, self._counter = key, 0
 
-    def words(self, n: int) -> np.ndarray:
-        block = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(8 * n)
-        self._counter += 1
+    def words(self, n: int, counter: int | None = None) -> np.ndarray:
+        """n words from the next block (or from block ``counter``, leaving the stream where it
+        is: a draw keyed by a step's index)."""
+        if counter is None:
+            counter, self._counter = self._counter, self._counter + 1
+        block = hashlib.shake_256(self._key + counter.to_bytes(8, "little")).digest(8 * n)
         return np.frombuffer(block, dtype=np.uint64)
 
-    def bernoulli(self, n: int, p: float) -> torch.Tensor:
+    def bernoulli(self, n: int, p: float, counter: int | None = None) -> torch.Tensor:
         """n independent draws, each True with probability floor(p 2^64) / 2^64 (<= p)."""
+        words = self.words(n, counter)
         if p >= 1.0:
-            self.words(n)
             return torch.ones(n, dtype=torch.bool)
-        return torch.from_numpy(self.words(n) < np.uint64(int(p * 2.0**64)))
+        return torch.from_numpy(words < np.uint64(int(p * 2.0**64)))
 
     def permutation(self, n: int) -> torch.Tensor:
         return torch.from_numpy(np.argsort(self.words(n), kind="stable").astype(np.int64))
@@ -81,6 +88,7 @@ class RandomSource:
     def __init__(self, source: Source):
         self.secure = isinstance(source, bytes)
         self.stream = SecureStream(source) if self.secure else None
+        self.seed = None if self.secure else int(source)
         self.generator = None if self.secure else torch.Generator().manual_seed(int(source))
 
     def bernoulli(self, n: int, p: float) -> torch.Tensor:
@@ -92,6 +100,20 @@ class RandomSource:
         if self.stream is not None:
             return self.stream.permutation(n)
         return torch.randperm(n, generator=self.generator)
+
+    def key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose``, derived from the seed or the secret key."""
+        root = self.stream._key if self.stream is not None else str(self.seed).encode()
+        return hashlib.blake2b(purpose.encode(), key=root[:64], digest_size=32).digest()
+
+    def bernoulli_at(self, step: int, n: int, p: float) -> torch.Tensor:
+        """The draws of step ``step``: a function of the step's index alone (not of how many
+        draws came before), so a step's batch is the same whatever was prefetched or resumed."""
+        if self.stream is not None:
+            return SecureStream(self.key("steps")).bernoulli(n, p, counter=step)
+        digest = hashlib.blake2b(step.to_bytes(8, "little"), key=self.key("steps"), digest_size=8)
+        generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+        return torch.rand(n, generator=generator) < p
 
     def state_dict(self) -> dict:
         if self.secure:
@@ -200,6 +222,66 @@ class ShuffleBatchSampler(BatchSampler):
             yield self.shard(batch)
 
 
+def example_groups(dataset: Dataset, groups: int, random: RandomSource) -> torch.Tensor:
+    """Each example's group in 0..groups-1, from a keyed hash of its own content (inputs and
+    label). Adding or removing one example changes no other example's group, as the
+    add/remove neighbouring relation of the accountant requires; a split by position would
+    move every later example. Equal examples share a group."""
+    fields = dataset.x.values() if isinstance(dataset.x, dict) else [dataset.x]
+    rows = [np.ascontiguousarray(t.numpy()).reshape(len(t), -1) for t in (*fields, dataset.y)]
+    key = random.key("groups")
+    out = np.empty(len(dataset), dtype=np.int64)
+    for i in range(len(dataset)):
+        h = hashlib.blake2b(key=key, digest_size=8)
+        for r in rows:
+            h.update(r[i].tobytes())
+        out[i] = int.from_bytes(h.digest(), "little") % groups
+    return torch.from_numpy(out)
+
+
+class CyclicPoissonBatchSampler(BatchSampler):
+    """Cyclic Poisson sampling (Choquette-Choo et al. 2023, "Amplified banded matrix
+    factorization", Alg. 2): the examples fall into ``periods`` groups; step t Poisson-samples
+    group t mod periods only, each member with probability ``sample_rate``. An example can
+    join only steps of its residue, so any two of its steps are at least ``periods`` apart.
+
+    Step t's batch is a function of t alone: the first step of each pass over the sampler is
+    read from ``step_source`` (the trainer's global step, set by the data module), so a
+    prefetched batch that is never trained on, ``limit_train_batches`` or a mid-epoch resume
+    cannot shift a group onto a step of another residue. Without a trainer it counts from 0."""
+
+    def __init__(
+        self,
+        groups: torch.Tensor,
+        periods: int,
+        sample_rate: float,
+        steps_per_epoch: int,
+        seed: Source,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(len(groups), seed, rank, world_size)
+        self.periods, self.sample_rate = periods, sample_rate
+        self.steps_per_epoch = steps_per_epoch
+        self.members = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(periods)]
+        self.step_source: Callable[[], int] | None = None
+        self._next = 0  # without a step source: the step after the last one drawn
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def batch_at(self, step: int) -> list[int]:
+        members = self.members[step % self.periods]
+        mask = self.random.bernoulli_at(step, len(members), self.sample_rate)
+        return self.shard(members[mask])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        first = int(self.step_source()) if self.step_source is not None else self._next
+        for step in range(first, first + self.steps_per_epoch):
+            self._next = step + 1
+            yield self.batch_at(step)
+
+
 @dataclass
 class Sampling:
     """Config of a sampler (the ``sampler`` group); builds the batch sampler once N is known."""
@@ -235,9 +317,18 @@ class Sampling:
         self.check(num_samples)
         return max(1, round(num_samples / self.expected_batch_size))
 
-    def build(self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1):
+    participation_period = 1  # any two steps one example joins are at least this far apart
+
+    def participations(self, steps: int) -> int:
+        """The most steps one example can join among the first ``steps``: what the
+        accountant composes, each at ``sample_rate``."""
+        return math.ceil(steps / self.participation_period)
+
+    def build(self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1,
+              dataset: Dataset | None = None):  # fmt: skip
         """The batch sampler of process ``rank`` of ``world_size`` (one process: 0 of 1);
-        ``seed`` an int, or a secret key (bytes) for secure randomness."""
+        ``seed`` an int, or a secret key (bytes) for secure randomness. ``dataset``: the
+        training examples, for samplers that read them (cyclic Poisson's groups)."""
         raise NotImplementedError
 
 
@@ -247,8 +338,9 @@ class PoissonSampling(Sampling):
     is_poisson = True
 
     def build(
-        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
-    ) -> PoissonBatchSampler:
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1,
+        dataset: Dataset | None = None,
+    ) -> PoissonBatchSampler:  # fmt: skip
         return PoissonBatchSampler(
             num_samples,
             self.sample_rate(num_samples),
@@ -266,8 +358,9 @@ class MaskedPoissonSampling(PoissonSampling):
     name = "poisson_masked"
 
     def build(
-        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
-    ) -> MaskedPoissonBatchSampler:
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1,
+        dataset: Dataset | None = None,
+    ) -> MaskedPoissonBatchSampler:  # fmt: skip
         return MaskedPoissonBatchSampler(
             num_samples,
             self.sample_rate(num_samples),
@@ -289,7 +382,55 @@ class ShuffleSampling(Sampling):
         return num_samples // self.expected_batch_size
 
     def build(
-        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1
-    ) -> ShuffleBatchSampler:
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1,
+        dataset: Dataset | None = None,
+    ) -> ShuffleBatchSampler:  # fmt: skip
         self.check(num_samples)
         return ShuffleBatchSampler(num_samples, self.expected_batch_size, seed, rank, world_size)
+
+
+@dataclass
+class CyclicPoissonSampling(Sampling):
+    """Cyclic Poisson sampling in ``groups`` groups (``CyclicPoissonBatchSampler``): the
+    sampler BandMF's amplification is proven for. One example joins at most ceil(T / groups)
+    of T steps, each with probability groups * E / N; the expected batch stays E."""
+
+    groups: int = 1
+
+    name = "cyclic_poisson"
+    is_poisson = True  # Poisson within the step's group: what the accountant composes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.groups < 1:
+            raise ValueError(f"sampler.groups must be >= 1, got {self.groups}")
+
+    @property
+    def participation_period(self) -> int:  # type: ignore[override]
+        return self.groups
+
+    def sample_rate(self, num_samples: int) -> float:
+        self.check(num_samples)
+        rate = self.groups * self.expected_batch_size / num_samples
+        if rate > 1:
+            raise ValueError(
+                f"sampler.groups={self.groups} with sampler.expected_batch_size="
+                f"{self.expected_batch_size} asks each group of about "
+                f"{num_samples // self.groups} examples for {self.expected_batch_size} a step: "
+                f"lower sampler.groups to at most {num_samples // self.expected_batch_size} "
+                "(N / expected batch size), or lower the batch size"
+            )
+        return rate
+
+    def build(
+        self, num_samples: int, seed: Source, rank: int = 0, world_size: int = 1,
+        dataset: Dataset | None = None,
+    ) -> CyclicPoissonBatchSampler:  # fmt: skip
+        if dataset is None or len(dataset) != num_samples:
+            raise ValueError("cyclic Poisson sampling needs the training examples (dataset=)")
+        rate = self.sample_rate(num_samples)
+        check_rank(rank, world_size)
+        groups = example_groups(dataset, self.groups, RandomSource(seed))
+        return CyclicPoissonBatchSampler(
+            groups, self.groups, rate, self.steps_per_epoch(num_samples), seed, rank, world_size
+        )

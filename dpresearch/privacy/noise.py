@@ -24,13 +24,21 @@ def add_noise(summed: torch.Tensor, std: float, generator: torch.Generator | Non
     if std == 0:
         return summed.clone()
     dtype = torch.promote_types(summed.dtype, torch.float32)  # never a bfloat16/half Gaussian
+    return summed.to(dtype) + gaussian(summed, std, generator)
+
+
+def gaussian(like: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, std^2) in ``like``'s shape and device, in float32 or wider (zeros, and no draw,
+    when std is 0)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    if std == 0:
+        return torch.zeros(like.shape, device=like.device, dtype=dtype)
     if generator is None:
-        noise = secure_normal(summed.numel(), std).view_as(summed)
-        return summed.to(dtype) + noise.to(device=summed.device, dtype=dtype)
-    noise = torch.normal(
-        0.0, std, size=summed.shape, generator=generator, device=summed.device, dtype=dtype
+        noise = secure_normal(like.numel(), std).view(like.shape)
+        return noise.to(device=like.device, dtype=dtype)
+    return torch.normal(
+        0.0, std, size=like.shape, generator=generator, device=like.device, dtype=dtype
     )
-    return summed.to(dtype) + noise
 
 
 def secure_normal(n: int, std: float) -> torch.Tensor:

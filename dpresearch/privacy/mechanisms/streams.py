@@ -1,0 +1,75 @@
+"""The noise of each step, with the state a mechanism carries between steps.
+
+A stream turns fresh Gaussian draws z_t (std sigma * C per coordinate, from the seeded
+generator or the secure source) into the noise step t adds to its clipped sum:
+- ``IndependentStream``: z_t itself (DP-SGD); no state.
+- ``BandedStream``: (C^{-1} z)_t for a b-banded lower-triangular Toeplitz strategy C with
+  coefficients c: x_t = (z_t - sum_{i=1}^{b-1} c_i x_{t-i}) / c_0, so it keeps the last b - 1
+  noise vectors, (b - 1) x the trainable parameters, in float32 (or wider).
+
+The state goes into checkpoints (``state_dict``), so a resumed run adds the noise the
+uninterrupted run would have added, bit for bit. It lives on the process that adds noise
+(rank 0 under DDP). The buffer is past noise: a checkpoint that holds it must be kept as
+private as the data, because whoever reads it can subtract the correlated part of later
+steps' noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dpresearch.privacy.noise import add_noise, gaussian
+
+
+class IndependentStream:
+    """Independent Gaussian noise each step: DP-SGD."""
+
+    buffers = 0  # parameter-sized vectors kept between steps
+
+    def noised(self, sums: list[torch.Tensor], std: float, generator) -> list[torch.Tensor]:
+        return [add_noise(s, std, generator) for s in sums]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class BandedStream:
+    """Correlated noise C^{-1} z for a banded Toeplitz strategy with ``coefficients``."""
+
+    def __init__(self, coefficients: torch.Tensor):
+        self.coefficients = [float(c) for c in coefficients]
+        if self.coefficients[0] <= 0:
+            raise ValueError(f"a strategy's first coefficient must be > 0: {self.coefficients}")
+        self.buffers = len(self.coefficients) - 1
+        self._history: list[list[torch.Tensor]] = []  # newest first, at most `buffers` steps
+
+    def noised(self, sums: list[torch.Tensor], std: float, generator) -> list[torch.Tensor]:
+        c = self.coefficients
+        noise = []
+        for j, s in enumerate(sums):
+            x = gaussian(s, std, generator)
+            for i, past in enumerate(self._history, start=1):
+                x.sub_(past[j], alpha=c[i])
+            noise.append(x.div_(c[0]))
+        if self.buffers:
+            self._history = [noise, *self._history][: self.buffers]
+        return [s.to(_wide(s)) + x for s, x in zip(sums, noise)]
+
+    def state_dict(self) -> dict:
+        return {"coefficients": self.coefficients,
+                "history": [[x.clone() for x in step] for step in self._history]}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        if [float(c) for c in state["coefficients"]] != self.coefficients:
+            raise ValueError(
+                "the checkpoint's banded strategy differs from this run's (its coefficients "
+                "depend on the run's steps and bands): resume with the checkpoint's settings"
+            )
+        self._history = [list(step) for step in state["history"]]
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)

@@ -53,7 +53,9 @@ def weights_epsilon(checkpoint: dict) -> dict | None:
     state = checkpoint.get(PrivacyState.KEY)
     if not state:
         return None
-    eps = compute_epsilon(state["sample_rate"], state["noise_multiplier"], int(state["dp_steps"]),
+    period = int(state.get("participation_period", 1))  # cyclic Poisson: one step in `period`
+    participations = -(-int(state["dp_steps"]) // period)
+    eps = compute_epsilon(state["sample_rate"], state["noise_multiplier"], participations,
                           state["delta"], state["accountant"])  # fmt: skip
     return {"epsilon": eps.epsilon, "delta": state["delta"], "dp_steps": int(state["dp_steps"]),
             "accountant": eps.accountant}  # fmt: skip

@@ -436,7 +436,9 @@ def prepare(r: Run, multirun: bool) -> None:
     summary.update(parameter_counts(model))
     r.selection = private_selection(cfg.get("sweep_trial"), privacy.enabled,
                                     datamodule.public_validation)  # fmt: skip
-    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer, r.selection)
+    noise = build(cfg.noise) if "noise" in cfg else None
+    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer, r.selection,
+                     noise)  # fmt: skip
     check = None
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
         check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
@@ -448,7 +450,7 @@ def prepare(r: Run, multirun: bool) -> None:
     summary["debug"] = cfg.get("debug") or ("fdr" if plan.debug else None)
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     strategy = r.strategy = build_strategy(plan, privacy, clipping, sampling, device, cfg.seed,
-                                           ddp)  # fmt: skip
+                                           ddp, noise)  # fmt: skip
     for hook in hooks.values():
         strategy.attach_step_hook(hook)
     if cfg.trainer.get("compile", False):
@@ -513,11 +515,15 @@ def fit(r: Run) -> None:
     if isinstance(strategy, DPStepping):
         summary["stopped_by_budget"] = strategy.stopped_by_budget
         summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
+        used = getattr(strategy.noise_stream, "coefficients", None)  # ... and its strategy
+        if used is not None and summary.get("noise"):
+            summary["noise"] = {**summary["noise"], "coefficients": list(used)}
         if strategy.planned_steps is not None:  # with the sigma used, not the config's
             summary["planned_steps"] = strategy.planned_steps
             summary["planned_epsilon"] = compute_epsilon(
-                strategy.sample_rate, strategy.noise_multiplier, strategy.planned_steps,
-                strategy.delta, strategy.accountant,
+                strategy.sample_rate, strategy.noise_multiplier,
+                strategy.participations(strategy.planned_steps), strategy.delta,
+                strategy.accountant,
             ).epsilon  # fmt: skip
         if strategy.stopped_by_budget and r.checkpointing:
             trainer.save_checkpoint(r.out / "checkpoints" / LAST)

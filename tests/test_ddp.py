@@ -108,14 +108,17 @@ def test_ddp_misuse_is_refused_before_training(compose_cfg, monkeypatch) -> None
      [*NOISELESS, "clipping.engine=bk"], [*NOISELESS, "clipping=automatic", "clipping.engine=bk"],
      [*NOISELESS, "sampler=poisson_masked", "clipping.engine=bk"],
      [*NOISELESS, "finetune=bias_only", "clipping.engine=hooks"],
-     ["privacy=none"], ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]],
+     ["privacy=none"], ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"],
+     ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "noise=banded_mf",
+      "noise.bands=2"]],
     ids=["hooks", "ghost", "bk", "automatic-bk", "masked-bk", "bias_only-hooks", "nonprivate",
-         "noisy-auto"],
+         "noisy-auto", "noisy-banded_mf"],
 )  # fmt: skip
 def test_two_processes_equal_one_process(method, compose_cfg, tmp_path) -> None:
     """Noise 0: after an epoch of SGD steps the parameters of 2 gloo processes equal those of
     one process on the union batches (the samplers draw the same global Poisson batches).
-    With noise on too: rank 0 draws the same noise as the single process, once per step."""
+    With noise on too: rank 0 draws the same noise as the single process, once per step
+    (correlated noise too: its history lives on rank 0; cyclic Poisson batches are shared)."""
     args = [*FAST, *STEP, *method]
     one = tmp_path / "one"
     run(compose_cfg(args), one)

@@ -158,9 +158,13 @@ class GradientCanaries(Canaries):
     largest an example may contribute) on one coordinate c_i of the trainable parameters, with
     a random sign s_i. Each canary is included with probability 1/2; an included canary joins
     each step with probability q, like an example under Poisson sampling, so the run's
-    (q, sigma, steps) guarantee covers it. The auditor sees every step's noisy sum (all
-    iterates: the strongest observer) and scores canary i by s_i * (sum over steps of that sum
-    at c_i). The other examples' gradients at c_i only add noise to the scores.
+    (q, sigma, steps) guarantee covers it. Under cyclic Poisson sampling (participation period
+    b) each canary belongs to one residue class and joins only the steps t = its residue
+    mod b, each with the sampler's rate, as an example of its group would; the correlated
+    noise of ``noise=banded_mf`` then covers it as it covers the examples. The auditor sees
+    every step's noisy sum (all iterates: the strongest observer) and scores canary i by
+    s_i * (sum over steps of that sum at c_i). The other examples' gradients at c_i only add
+    noise to the scores.
     Sabotage ``clipping`` gives the canaries 50x the clipping threshold.
     """
 
@@ -181,9 +185,16 @@ class GradientCanaries(Canaries):
         self.sizes = [p.numel() for p in params]
         self.sample_rate = sample_rate
         self.magnitude = clip * (50.0 if self.sabotage == "clipping" else 1.0)
+        self.strategy = strategy  # its step counter: which residue class joins this step
+        self.period = strategy.participation_period
+        self.residues = None
+        if self.period > 1:
+            self.residues = torch.randint(0, self.period, (self.m,), generator=self.generator)
 
     def on_clipped_sum(self, sums: list[torch.Tensor]) -> None:
         joined = self.included & (torch.rand(self.m, generator=self.generator) < self.sample_rate)
+        if self.residues is not None:
+            joined &= self.residues == self.strategy.dp_steps % self.period
         flat = torch.zeros(sum(self.sizes), dtype=sums[0].dtype)
         flat[self.coords[joined]] = self.magnitude * self.signs[joined].to(flat.dtype)
         for s, part in zip(sums, flat.split(self.sizes)):

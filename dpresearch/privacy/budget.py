@@ -45,10 +45,13 @@ class BudgetGuard(StepHook):
         and Lightning minimums (min_epochs, min_steps) that would force steps past the budget
         (Lightning ignores should_stop until they are met)."""
         trainer = strategy.lightning_module.trainer
-        self.max_steps = steps_within_budget(
+        # The accountant counts participations: one in every participation_period steps.
+        period = strategy.participation_period
+        participations = steps_within_budget(
             self.target_epsilon, strategy.sample_rate, strategy.noise_multiplier,
-            strategy.planned_steps, strategy.delta, strategy.accountant,
+            strategy.participations(strategy.planned_steps), strategy.delta, strategy.accountant,
         )  # fmt: skip
+        self.max_steps = min(strategy.planned_steps, participations * period)
         spent = strategy.epsilon().epsilon
         if spent > self.target_epsilon:
             raise PrivacyConfigError(

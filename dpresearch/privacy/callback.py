@@ -35,14 +35,32 @@ class PrivacyMetrics(pl.Callback):
 
 
 def dp_state_digest(state: dict) -> str:
-    """sha256 over the DP state's fields (the noise generator's bytes included)."""
+    """sha256 over the DP state's fields (the noise generator's bytes included, and a
+    correlated mechanism's noise history, tensor by tensor)."""
     digest = hashlib.sha256()
     for key in sorted(state):
         value = state[key]
         if isinstance(value, torch.Tensor):
             value = value.cpu().numpy().tobytes().hex()
+        elif isinstance(value, dict):  # the noise state: nested lists of tensors
+            _digest_nested(digest, key, value)
+            continue
         digest.update(f"{key}={value!r};".encode())
     return digest.hexdigest()
+
+
+def _digest_nested(digest, key: str, value) -> None:
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{key}:{tuple(value.shape)}:{value.dtype}=".encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, dict):
+        for k in sorted(value):
+            _digest_nested(digest, f"{key}.{k}", value[k])
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _digest_nested(digest, f"{key}[{i}]", v)
+    else:
+        digest.update(f"{key}={value!r};".encode())
 
 
 class PrivacyState(pl.Callback):

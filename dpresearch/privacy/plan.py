@@ -11,8 +11,9 @@ from torch import nn
 
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
+from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
 from dpresearch.privacy.selection import PrivateSelection
-from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy
+from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy, PrivacyConfigError
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import Check, select_engine
 from dpresearch.trainer_settings import run_length
@@ -31,6 +32,9 @@ class PrivacyPlan:
     steps: int
     epochs: int | None  # None: the run's length is trainer.max_steps
     accounting_matches_sampler: bool | None
+    participation_period: int = 1  # any two steps of one example are at least this far apart
+    participations: int | None = None  # the steps one example can join: what is accounted
+    noise: dict | None = None  # the noise mechanism (summary.json's ``noise``)
     noise_multiplier: float | None = None
     max_grad_norm: float | None = None
     delta: float | None = None
@@ -53,11 +57,22 @@ def make_plan(
     num_train: int,
     trainer: DictConfig,
     selection: PrivateSelection | None = None,
+    noise: NoiseMechanism | None = None,
 ) -> PrivacyPlan:
     """Check the configuration against the data and calibrate the noise for the steps the
     trainer will really run (max_steps and limit_train_batches included; raises clear
     errors). A trial of a private selection calibrates for the whole tuning procedure:
-    ``privacy.target_epsilon`` is then the sweep's total."""
+    ``privacy.target_epsilon`` is then the sweep's total. The accountant composes the
+    steps one example can join (``sampling.participations``: all of them under Poisson
+    sampling, one in ``sampler.groups`` under cyclic Poisson), each at the sample rate."""
+    noise = noise or IndependentNoise()
+    if not privacy.enabled and noise.name != "independent":
+        raise PrivacyConfigError(
+            f"noise={noise.name} is a DP noise mechanism, but privacy=none: use privacy=dp, "
+            "or leave noise at its default"
+        )
+    if privacy.enabled:
+        noise.check_sampler(sampling)
     q = sampling.sample_rate(num_train)
     length = run_length(trainer, sampling.steps_per_epoch(num_train))
     steps = length.steps
@@ -77,16 +92,19 @@ def make_plan(
     if not privacy.enabled:
         return plan
     privacy.check_dataset(num_train)
+    plan.participation_period = sampling.participation_period
+    plan.participations = k = sampling.participations(steps)
+    plan.noise = noise.record(steps)
     sigma = privacy.noise_multiplier
     if sigma is None and selection is not None:
-        sigma = selection.calibrate(privacy.target_epsilon, q, steps, privacy.delta)
+        sigma = selection.calibrate(privacy.target_epsilon, q, k, privacy.delta)
     elif sigma is None:
-        sigma = calibrate_noise(privacy.target_epsilon, q, steps, privacy.delta, privacy.accountant)
+        sigma = calibrate_noise(privacy.target_epsilon, q, k, privacy.delta, privacy.accountant)
     if selection is not None:
-        account = selection.account(q, sigma, steps, privacy.delta).to_dict()
+        account = selection.account(q, sigma, k, privacy.delta).to_dict()
         plan.tuning = {"selection": "private", "total_target_epsilon": privacy.target_epsilon,
                        **account, "score_mechanism": selection.mechanism()}  # fmt: skip
-    planned = compute_epsilon(q, sigma, steps, privacy.delta, privacy.accountant)
+    planned = compute_epsilon(q, sigma, k, privacy.delta, privacy.accountant)
     plan.noise_multiplier = sigma
     plan.max_grad_norm = clipping.max_grad_norm
     plan.delta = privacy.delta
@@ -137,6 +155,7 @@ def build_strategy(
     device: torch.device,
     seed: int,
     ddp: dict | None = None,
+    noise: NoiseMechanism | None = None,
 ) -> PhysicalBatching:
     """The Lightning strategy for the plan (a private plan's engine chosen: ``choose_engine``):
     one device, or with ``ddp`` (the trainer group's ``ddp`` node: backend, timeout_s) data
@@ -170,5 +189,8 @@ def build_strategy(
         target_epsilon=plan.planned_epsilon if plan.tuning else privacy.target_epsilon,
         calibrated_steps=None if plan.debug or privacy.target_epsilon is None else plan.steps,
         randomness=privacy.randomness,
+        noise=noise or IndependentNoise(),
+        noise_steps=plan.steps,
+        participation_period=plan.participation_period,
         **where,
     )

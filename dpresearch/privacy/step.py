@@ -3,7 +3,8 @@ through).
 
     accumulate     the engine over each physical batch: its clipped per-example sum
     clipped sum    the step's sum; hooks see it before noise (an audit's canaries join it)
-    noise          N(0, (sigma*C)^2) once per step, on one process (rank 0) only
+    noise          the mechanism's noise (``noise`` group: N(0, (sigma*C)^2) each step, or
+                   correlated across steps), once per step, on one process (rank 0) only
     reduce         one all-reduce across processes (the DDP strategy's; nothing on one)
     release        hooks see what the step releases: the noised, reduced sum
     scale          divided by the public expected batch size: the optimizer's gradient
@@ -23,7 +24,6 @@ import torch
 
 from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.engines import Engine
-from dpresearch.privacy.noise import add_noise
 
 
 class StepHook:
@@ -74,13 +74,15 @@ def clipped_sum(engine: Engine, hooks: Sequence[StepHook]) -> list[torch.Tensor]
 
 
 def noised(
-    sums: list[torch.Tensor], std: float, generator: torch.Generator | None,
+    sums: list[torch.Tensor], std: float, stream: Any, generator: torch.Generator | None,
     hooks: Sequence[StepHook] = (),
 ) -> list[torch.Tensor]:  # fmt: skip
-    """``sums`` plus N(0, std^2) per coordinate (``generator`` None: the secure source)."""
+    """``sums`` plus the mechanism's noise for this step (``stream``: independent N(0, std^2)
+    per coordinate, or correlated across steps), drawn from ``generator`` (None: the secure
+    source)."""
     for hook in hooks:
         std *= hook.noise_factor
-    return [add_noise(s, std, generator) for s in sums]
+    return stream.noised(sums, std, generator)
 
 
 def release(sums: list[torch.Tensor], hooks: Sequence[StepHook]) -> None:

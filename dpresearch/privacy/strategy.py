@@ -36,6 +36,7 @@ from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
 from dpresearch.privacy.batching import batch_size, split_batch
 from dpresearch.privacy.budget import BudgetGuard
 from dpresearch.privacy.engines import Engine, make_engine
+from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
 from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
 from dpresearch.privacy.step import StepHook, accumulate, clipped_sum, gradients, noised, release
 
@@ -134,9 +135,17 @@ class DPStepping(PhysicalBatching):
         target_epsilon: float | None = None,
         calibrated_steps: int | None = None,
         randomness: str = "seeded",
+        noise: NoiseMechanism | None = None,
+        noise_steps: int | None = None,
+        participation_period: int = 1,
         **strategy_kwargs: Any,
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
+        # The noise mechanism and its state between steps (used on the process that adds
+        # noise); the accountant composes ceil(steps / participation_period) participations.
+        self.noise = noise or IndependentNoise()
+        self.noise_stream = self.noise.stream(noise_steps or 1)
+        self.participation_period = participation_period
         self.target_epsilon = target_epsilon  # set: sigma was calibrated, and the budget guards
         self.calibrated_steps = calibrated_steps  # the steps sigma was calibrated for
         self.randomness = randomness  # secure: noise from the OS's generator, never saved
@@ -194,10 +203,15 @@ class DPStepping(PhysicalBatching):
         """What resuming needs beyond the model and optimizer: the steps already spent (the
         accountant's history), the mechanism's parameters, and the noise stream."""
         generator = self._generator.get_state() if self._generator is not None else None
-        return {"dp_steps": self.dp_steps, "noise_multiplier": self.noise_multiplier,
-                "sample_rate": self.sample_rate, "delta": self.delta,
-                "accountant": self.accountant, "max_grad_norm": self.max_grad_norm,
-                "randomness": self.randomness, "noise_generator": generator}  # fmt: skip
+        state = {"dp_steps": self.dp_steps, "noise_multiplier": self.noise_multiplier,
+                 "sample_rate": self.sample_rate, "delta": self.delta,
+                 "accountant": self.accountant, "max_grad_norm": self.max_grad_norm,
+                 "randomness": self.randomness, "noise_generator": generator}  # fmt: skip
+        if self.noise.name != "independent" or self.participation_period != 1:
+            state.update(noise_mechanism=self.noise.name,
+                         participation_period=self.participation_period,
+                         noise_state=self.noise_stream.state_dict())  # fmt: skip
+        return state
 
     def load_dp_state_dict(self, state: dict) -> None:
         """Continue a checkpoint's mechanism. Its sample rate, delta, accountant and clipping
@@ -215,6 +229,12 @@ class DPStepping(PhysicalBatching):
         )
         if randomness != self.randomness:
             mismatched.append(f"randomness (checkpoint {randomness}, this run {self.randomness})")
+        # Checkpoints from before the noise group: independent noise, every step accounted.
+        defaults = (("noise_mechanism", "independent", self.noise.name),
+                    ("participation_period", 1, self.participation_period))  # fmt: skip
+        for key, default, mine in defaults:
+            if state.get(key, default) != mine:
+                mismatched.append(f"{key} (checkpoint {state.get(key, default)}, this run {mine})")
         sigma = state["noise_multiplier"]
         if sigma != self.noise_multiplier:
             if self.target_epsilon is None:
@@ -236,6 +256,17 @@ class DPStepping(PhysicalBatching):
             )
         self.dp_steps = int(state["dp_steps"])
         self._epsilon_cache = None
+        if state.get("noise_state"):
+            planned = getattr(self.noise_stream, "coefficients", None)
+            try:
+                self.noise_stream.load_state_dict(state["noise_state"])
+            except ValueError as err:
+                raise PrivacyConfigError(f"cannot resume: {err}") from err
+            if planned != getattr(self.noise_stream, "coefficients", None):
+                log.warning(
+                    "resuming keeps the checkpoint's noise strategy (optimised for the steps "
+                    "that run planned); set noise.horizon to plan a strategy across resumes"
+                )
         if state.get("noise_generator") is not None and self.randomness == "seeded":
             self._restored_generator = state["noise_generator"]
             if self._generator is not None:
@@ -278,7 +309,7 @@ class DPStepping(PhysicalBatching):
         sums = clipped_sum(self.engine, self.step_hooks)
         if self.is_global_zero:  # generator None: the secure source
             std = self.noise_multiplier * self.max_grad_norm
-            sums = noised(sums, std, self._generator, self.step_hooks)
+            sums = noised(sums, std, self.noise_stream, self._generator, self.step_hooks)
         self._reduce_with_count(sums)
         release(sums, self.step_hooks)
         for p, g in zip(self.engine.params, gradients(sums, self.expected_batch_size)):
@@ -289,12 +320,17 @@ class DPStepping(PhysicalBatching):
             hook.after_step(self)
         return closure_loss
 
+    def participations(self, steps: int) -> int:
+        """The most of ``steps`` steps one example can join: what the accountant composes."""
+        return -(-steps // self.participation_period)
+
     def epsilon(self) -> EpsilonResult:
         """Epsilon spent so far (cached per step count)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.dp_steps:
             result = compute_epsilon(
-                self.sample_rate, self.noise_multiplier, self.dp_steps, self.delta, self.accountant
-            )
+                self.sample_rate, self.noise_multiplier, self.participations(self.dp_steps),
+                self.delta, self.accountant,
+            )  # fmt: skip
             self._epsilon_cache = (self.dp_steps, result)
         return self._epsilon_cache[1]
 

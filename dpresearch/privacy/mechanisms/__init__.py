@@ -52,17 +52,24 @@ class IndependentNoise(NoiseMechanism):
 
 @dataclass
 class BandedMF(NoiseMechanism):
-    """BandMF with ``bands`` bands, its strategy optimised for the run's steps (``reduction``
-    of the prefix sums' squared errors: mean, or max)."""
+    """BandMF with ``bands`` bands, its strategy optimised for ``horizon`` steps (None: the
+    run's planned steps) and the ``reduction`` of the prefix sums' squared errors (mean or
+    max)."""
 
     bands: int = 4
     reduction: str = "mean"
+    horizon: int | None = None
 
     name = "banded_mf"
 
     def __post_init__(self) -> None:
         if self.bands < 1:
             raise PrivacyConfigError(f"noise.bands must be >= 1, got {self.bands}")
+        if self.horizon is not None and self.horizon < self.bands:
+            raise PrivacyConfigError(
+                f"noise.horizon={self.horizon} must be at least noise.bands={self.bands} (or "
+                "null: the run's planned steps)"
+            )
         if self.reduction not in REDUCTIONS:
             raise PrivacyConfigError(
                 f"noise.reduction={self.reduction!r}: choose one of {list(REDUCTIONS)}"
@@ -80,13 +87,15 @@ class BandedMF(NoiseMechanism):
             )
 
     def coefficients(self, steps: int):
-        return banded_toeplitz(max(steps, self.bands), self.bands, self.reduction)
+        horizon = self.horizon or max(steps, self.bands)
+        return banded_toeplitz(horizon, self.bands, self.reduction)
 
     def stream(self, steps: int) -> BandedStream:
         return BandedStream(self.coefficients(steps))
 
     def record(self, steps: int) -> dict:
         return {"mechanism": self.name, "bands": self.bands, "reduction": self.reduction,
+                "horizon": self.horizon or max(steps, self.bands),
                 "coefficients": self.coefficients(steps).tolist(),
                 "buffers": self.bands - 1}  # fmt: skip
 

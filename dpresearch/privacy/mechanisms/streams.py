@@ -63,11 +63,16 @@ class BandedStream:
                 "history": [[x.clone() for x in step] for step in self._history]}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        if [float(c) for c in state["coefficients"]] != self.coefficients:
+        """Continue the checkpoint's mechanism: its coefficients (optimised for the steps the
+        checkpointed run planned; any banded strategy of unit column norm keeps the privacy
+        analysis, so a longer resumed run keeps them, as it keeps sigma) and its history."""
+        coefficients = [float(c) for c in state["coefficients"]]
+        if len(coefficients) != len(self.coefficients):
             raise ValueError(
-                "the checkpoint's banded strategy differs from this run's (its coefficients "
-                "depend on the run's steps and bands): resume with the checkpoint's settings"
+                f"the checkpoint's banded strategy has {len(coefficients)} bands, this run's "
+                f"{len(self.coefficients)}: resume with noise.bands={len(coefficients)}"
             )
+        self.coefficients = coefficients
         self._history = [list(step) for step in state["history"]]
 
 

@@ -35,6 +35,11 @@ def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
                      clip=clip)  # fmt: skip
     fake_run(runs, "nonprivate", status="completed", private=False, test_accuracy=0.95,
              train_examples_per_s=4000.0)  # fmt: skip
+    fake_run(runs, "banded", status="completed", target_epsilon=4.0, epsilon=3.97,
+             test_accuracy=0.72, sampler="cyclic_poisson",
+             noise={"mechanism": "banded_mf", "bands": 4},
+             config={"noise": {"_target_": "dpresearch.privacy.mechanisms.BandedMF",
+                               "bands": 4}})  # fmt: skip
     fake_run(runs, "crashed", status="failed", error="PrivacyConfigError: delta >= 1/N")
     fake_run(runs, "going", status="running")
     fake_run(runs / "text", "t", status="completed", dataset="sentiment_templates",
@@ -61,6 +66,15 @@ def test_report_has_every_figure_and_the_summaries_numbers(tmp_path) -> None:
     runs_table = {r["run"]: r for r in parsed.tables["runs"]}
     assert runs_table["crashed"]["status"] == "failed" and "delta" in runs_table["crashed"]["error"]
     assert runs_table["going"]["status"] == "running"
+    # The noise mechanism: a column, and part of the method (its own line in the figure).
+    assert runs_table["banded"]["noise"] == "banded_mf"
+    assert runs_table["banded"]["method"] == "fixed/bk/full/cyclic_poisson/banded_mf"
+    banded = [
+        r
+        for (series, eps), r in acc.items()
+        if series.startswith("fixed/bk/full/cyclic_poisson/banded_mf") and eps == "3.97"
+    ]
+    assert [r["mean"] for r in banded] == ["0.72"]
     assert runs_table["text/t"]["dataset"] == "sentiment_templates"  # named by its path
     assert (runs_table["grid-0.1-2.0"]["lr"], runs_table["grid-0.1-2.0"]["clip"]) == ("0.1", "2")
 

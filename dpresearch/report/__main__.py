@@ -20,9 +20,11 @@ from dpresearch.report.selections import COLUMNS as SELECTION_COLUMNS
 from dpresearch.report.selections import find_selections
 from dpresearch.report.selections import plot as plot_selections
 from dpresearch.report.selections import points as selection_points
+from dpresearch.tracking.summary import noise_mechanism
 
 RUN_COLUMNS = [("run", "run folder"), ("dataset", "dataset"), ("method", "method"),
-               ("lr", "lr"), ("clip", "clip"), ("seed", "seed"), ("status", "status"),
+               ("noise", "noise"), ("lr", "lr"), ("clip", "clip"), ("seed", "seed"),
+               ("status", "status"),
                ("shown", "in figures"), ("target_epsilon", "target eps"), ("epsilon", "eps spent"),
                ("test_accuracy", "test acc"), ("val_accuracy", "val acc"),
                ("train_examples_per_s", "examples/s"), ("error", "error")]  # fmt: skip
@@ -66,6 +68,7 @@ def run_row(r: Run, root: Path | None, include: tuple[str, ...]) -> dict:
     except ValueError:
         name = str(r.folder)
     return {"run": name, "dataset": r.dataset, "method": r.method, "seed": s.get("seed"),
+            "noise": noise_mechanism(s),
             "lr": r.param("optimizer.lr"), "clip": r.param("clipping.max_grad_norm"),
             "status": r.status, "shown": excluded(r, include) or "yes",
             "target_epsilon": s.get("target_epsilon"),

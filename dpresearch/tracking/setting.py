@@ -19,9 +19,10 @@ OBSERVING_CALLBACKS = (
     "ModelSummary", "RichModelSummary", "RichProgressBar", "TQDMProgressBar", "ThroughputMonitor",
     "LearningRateMonitor", "ModelCheckpoint", "DeviceStatsMonitor",
 )  # fmt: skip
-# What the method label already names (clipping function, engine, scope, sampler, privacy).
+# What the method label already names (clipping function, engine, scope, sampler, privacy,
+# noise mechanism).
 METHOD_KEYS = ("clipping._target_", "clipping.engine", "finetune._target_", "sampler._target_",
-               "privacy._target_")  # fmt: skip
+               "privacy._target_", "noise._target_")  # fmt: skip
 
 
 def flatten(node, prefix: str = "") -> dict[str, object]:

@@ -71,14 +71,23 @@ def record_failure(out: Path, rank: int, error: BaseException, trace: str, since
 
 
 def method_label(summary: dict) -> str:
-    """How comparisons name a run's method: clipping/engine/scope[/sampler], or non-private."""
+    """How comparisons name a run's method: clipping/engine/scope[/sampler][/noise], or
+    non-private."""
     if summary.get("private") is False:
         return f"non-private/{summary.get('finetune') or 'full'}"
     parts = [summary.get("clipping") or "?", summary.get("engine") or "?",
              summary.get("finetune") or "full"]  # fmt: skip
     if summary.get("sampler") not in (None, "poisson"):
         parts.append(summary["sampler"])
+    if noise_mechanism(summary) not in (None, "independent"):
+        parts.append(noise_mechanism(summary))
     return "/".join(str(p) for p in parts)
+
+
+def noise_mechanism(summary: dict) -> str | None:
+    """The run's noise mechanism (summary.json ``noise``), None for a non-private run."""
+    noise = summary.get("noise")
+    return noise.get("mechanism") if isinstance(noise, dict) else None
 
 
 def run_tags(summary: dict, job_type: str, config: dict | None = None) -> tuple[list[str], dict]:
@@ -90,6 +99,7 @@ def run_tags(summary: dict, job_type: str, config: dict | None = None) -> tuple[
     keys = ("clipping", "engine", "finetune", "sampler", "dataset", "model", "target_epsilon",
             "seed")  # fmt: skip
     labels = {k: summary.get(k) for k in keys}
+    labels["noise"] = noise_mechanism(summary)
     method = method_label(summary)
     values = setting_of(config or {}, method, str(summary.get("dataset")),
                         summary.get("private") is not False)  # fmt: skip

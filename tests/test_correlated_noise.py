@@ -22,8 +22,8 @@ from dpresearch.data.samplers import (
     new_secret_key,
 )
 from dpresearch.privacy.mechanisms import BandedMF, IndependentNoise, toeplitz
-from dpresearch.privacy.mechanisms.strategies import banded_toeplitz
-from dpresearch.privacy.mechanisms.streams import BandedStream, IndependentStream
+from dpresearch.privacy.mechanisms.strategies import banded_toeplitz, blt, blt_coefficients
+from dpresearch.privacy.mechanisms.streams import BandedStream, BLTStream, IndependentStream
 from dpresearch.privacy.spec import PrivacyConfigError
 
 REFERENCE = json.loads(
@@ -45,6 +45,29 @@ def test_banded_strategy_is_as_good_as_jax_privacys(case) -> None:
     assert toeplitz.loss(ours, n, reduction).item() <= case["loss"] * (1 + 1e-6)
     assert ours.norm().item() == pytest.approx(1.0, abs=1e-12)
     assert (ours >= 0).all() and (ours[1:] <= ours[:-1]).all()
+
+
+@pytest.mark.parametrize(
+    "case",
+    REFERENCE["blt"],
+    ids=lambda c: f"n{c['n']}-sep{c['min_sep']}-d{c['buffers']}-{c['error']}",
+)
+def test_blt_strategy_is_as_good_as_jax_privacys(case) -> None:
+    """BLT under (k, b) participation: our loss of jax-privacy's BLT is theirs, and our
+    optimiser's BLT is at least as good; its coefficients are positive and non-increasing
+    (where the sensitivity formula is exact)."""
+    n, sep, cap, d, error = (case[k] for k in ("n", "min_sep", "max_participations", "buffers",
+                                               "error"))  # fmt: skip
+    decay, scale = (
+        torch.tensor(case[k], dtype=torch.float64) for k in ("buf_decay", "output_scale")
+    )
+    theirs = blt_coefficients(decay, scale, n)
+    assert torch.allclose(theirs, torch.tensor(case["coefficients"], dtype=torch.float64))
+    assert toeplitz.loss(theirs, n, error, sep, cap).item() == pytest.approx(case["loss"], rel=1e-9)
+    decay, scale = blt(n, d, sep, cap, error)
+    ours = blt_coefficients(decay, scale, n)
+    assert toeplitz.loss(ours, n, error, sep, cap).item() <= case["loss"] * (1 + 1e-6)
+    assert (ours > 0).all() and (ours[1:] <= ours[:-1]).all()
 
 
 def test_toeplitz_algebra_matches_jax_privacy() -> None:
@@ -132,6 +155,38 @@ def test_banded_noise_has_the_strategys_covariance_across_steps() -> None:
     scale = expected.diag().max().item()
     assert torch.allclose(empirical, expected, atol=6 * scale * math.sqrt(2 / x.shape[1]))
     assert not torch.allclose(expected, torch.diag(expected.diag()), atol=0.05)  # correlated
+
+
+def test_blt_noise_has_the_strategys_covariance_across_steps() -> None:
+    steps, std = 9, 0.8
+    decay, scale = blt(30, 2, 5, None)
+    x = draw(BLTStream(decay, scale), steps, 200_000, std).double()
+    empirical = x @ x.T / x.shape[1]
+    c_inv = torch.linalg.inv(toeplitz.materialize(blt_coefficients(decay, scale, steps), steps))
+    expected = std**2 * c_inv @ c_inv.T
+    scale_ = expected.diag().max().item()
+    assert torch.allclose(empirical, expected, atol=6 * scale_ * math.sqrt(2 / x.shape[1]))
+    assert not torch.allclose(expected, torch.diag(expected.diag()), atol=0.05)  # correlated
+
+
+def test_a_resumed_blt_stream_continues_bit_for_bit() -> None:
+    decay, scale = blt(20, 3, 4, None)
+    sums = [torch.zeros(4, 2), torch.zeros(3)]
+    gen = torch.Generator().manual_seed(2)
+    whole = BLTStream(decay, scale)
+    expected = [whole.noised(sums, 1.0, gen) for _ in range(7)]
+    gen = torch.Generator().manual_seed(2)
+    first = BLTStream(decay, scale)
+    got = [first.noised(sums, 1.0, gen) for _ in range(3)]
+    state, gen_state = first.state_dict(), gen.get_state()
+    resumed = BLTStream(*blt(50, 3, 4, None))  # planned otherwise: keeps the checkpoint's
+    resumed.load_state_dict(state)
+    gen = torch.Generator().set_state(gen_state)
+    got += [resumed.noised(sums, 1.0, gen) for _ in range(4)]
+    for a, b in zip(expected, got):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="noise.buffers=3"):
+        BLTStream(*blt(20, 2, 4, None)).load_state_dict(state)
 
 
 def test_one_band_is_independent_noise_bit_for_bit() -> None:

@@ -60,3 +60,57 @@ def _banded_toeplitz(n: int, bands: int, reduction: str, max_iter: int = 500):
     opt.step(closure)
     coef = coef.detach()
     return tuple((coef / coef.norm()).tolist())
+
+
+def blt_coefficients(decay: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """The Toeplitz coefficients of a buffered linear Toeplitz (BLT) strategy (Dvijotham et
+    al. 2024; McMahan et al. 2024): c_0 = 1, c_t = sum_j scale_j decay_j^(t-1) for t >= 1."""
+    powers = decay[None, :] ** torch.arange(n - 1, dtype=decay.dtype)[:, None]
+    return torch.cat([decay.new_ones(1), powers @ scale])
+
+
+def _blt_parts(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unconstrained parameters -> (decay in (0, 1), scale > 0 with sum(scale) < 1): the
+    coefficients are then positive and non-increasing (c_1 = sum(scale) < 1 = c_0), where the
+    min-separation sensitivity formula is exact."""
+    d = (len(raw) - 1) // 2
+    decay = torch.sigmoid(raw[:d])
+    scale = torch.sigmoid(raw[-1]) * torch.softmax(raw[d : 2 * d], 0)
+    return decay, scale
+
+
+def blt(n: int, buffers: int, min_sep: int, participations: int | None, reduction: str = "mean",
+        max_iter: int = 150) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The BLT strategy with ``buffers`` buffers minimising the ``reduction`` of the n prefix
+    sums' squared errors times the squared sensitivity under (k, min_sep) participation
+    (jax_privacy's ``buffered_toeplitz.optimize`` objective): (decay, scale), float64."""
+    found = _blt(n, buffers, min_sep, participations, reduction, max_iter)
+    return tuple(torch.tensor(v, dtype=torch.float64) for v in found)
+
+
+@functools.lru_cache(maxsize=64)
+def _blt(n: int, buffers: int, min_sep: int, participations: int | None, reduction: str,
+         max_iter: int) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if buffers < 1:
+        raise ValueError(f"a BLT needs at least one buffer, got {buffers}")
+    # Start with decays spread from 1 - n^(-1/d) up to 1 - 1/n and equal small scales.
+    d = buffers
+    target = 1 - torch.tensor([float(n) ** (-(j + 1) / d) for j in range(d)], dtype=torch.float64)
+    raw = torch.cat([torch.logit(target.clamp(1e-6, 1 - 1e-9)), torch.zeros(d, dtype=torch.float64),
+                     torch.tensor([0.0], dtype=torch.float64)]).requires_grad_(True)  # fmt: skip
+    opt = torch.optim.LBFGS([raw], lr=1, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                            tolerance_change=1e-15)  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        coef = blt_coefficients(*_blt_parts(raw), n)
+        value = toeplitz.loss(coef, n, reduction, min_sep, participations)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    decay, scale = _blt_parts(raw.detach())
+    return tuple(decay.tolist()), tuple(scale.tolist())

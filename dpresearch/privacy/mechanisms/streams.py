@@ -76,5 +76,51 @@ class BandedStream:
         self._history = [list(step) for step in state["history"]]
 
 
+class BLTStream:
+    """Correlated noise C^{-1} z for a buffered linear Toeplitz strategy (c_0 = 1, c_t =
+    sum_j scale_j decay_j^(t-1)): sum_{s<t} c_{t-s} x_s = sum_j scale_j S_j with buffers
+    S_j = sum_{s<t} decay_j^(t-1-s) x_s, so x_t = z_t - sum_j scale_j S_j, then
+    S_j <- decay_j S_j + x_t. It keeps one parameter-sized buffer per j, whatever the steps."""
+
+    def __init__(self, decay: torch.Tensor, scale: torch.Tensor):
+        self.decay = [float(v) for v in decay]
+        self.scale = [float(v) for v in scale]
+        if len(self.decay) != len(self.scale):
+            raise ValueError(f"{len(self.decay)} decays but {len(self.scale)} scales")
+        self.buffers = len(self.decay)
+        self._state: list[list[torch.Tensor]] | None = None  # [buffer][parameter]
+
+    def noised(self, sums: list[torch.Tensor], std: float, generator) -> list[torch.Tensor]:
+        noise = []
+        for j, s in enumerate(sums):
+            x = gaussian(s, std, generator)
+            if self._state is not None:
+                for scale, buf in zip(self.scale, self._state):
+                    x.sub_(buf[j], alpha=scale)
+            noise.append(x)
+        if self._state is None:
+            self._state = [[x.clone() for x in noise] for _ in self.decay]
+        else:
+            for decay, buf in zip(self.decay, self._state):
+                for b, x in zip(buf, noise):
+                    b.mul_(decay).add_(x)
+        return [s.to(_wide(s)) + x for s, x in zip(sums, noise)]
+
+    def state_dict(self) -> dict:
+        state = [[b.clone() for b in buf] for buf in self._state] if self._state else []
+        return {"decay": self.decay, "scale": self.scale, "buffers": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the checkpoint's BLT (its parameters and buffers), as a banded stream does."""
+        if len(state["decay"]) != self.buffers:
+            raise ValueError(
+                f"the checkpoint's BLT has {len(state['decay'])} buffers, this run's "
+                f"{self.buffers}: resume with noise.buffers={len(state['decay'])}"
+            )
+        self.decay = [float(v) for v in state["decay"]]
+        self.scale = [float(v) for v in state["scale"]]
+        self._state = [list(buf) for buf in state["buffers"]] or None
+
+
 def _wide(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)

@@ -184,3 +184,10 @@ def test_banded_mf_with_secure_noise_runs(compose_cfg, tmp_path) -> None:
     assert s["status"] == "completed" and s["noise"]["mechanism"] == "banded_mf"
     state = last_checkpoint(tmp_path / "run")["dp_state"]
     assert state["noise_generator"] is None and len(state["noise_state"]["history"]) == 2
+    # The statement names the mechanism and the sampler, and keeps the checkpoint private:
+    # it holds past noise even though no generator state is saved.
+    st = s["privacy_statement"]
+    assert st["mechanism"]["name"].startswith("BandMF") and st["mechanism"]["noise"]["bands"] == 3
+    assert "cyclic Poisson" in st["sampler"]["note"] and st["sampler"]["participations"]
+    ckpt = next(r for r in st["released"] if r["what"] == "checkpoints/last.ckpt")
+    assert ckpt["covered"] is False and "correlated noise" in ckpt["why"]

@@ -222,14 +222,22 @@ class ShuffleBatchSampler(BatchSampler):
             yield self.shard(batch)
 
 
+PUBLIC_GROUPS_KEY = b"dpresearch cyclic Poisson groups"  # secure runs: see example_groups
+
+
 def example_groups(dataset: Dataset, groups: int, random: RandomSource) -> torch.Tensor:
     """Each example's group in 0..groups-1, from a keyed hash of its own content (inputs and
     label). Adding or removing one example changes no other example's group, as the
     add/remove neighbouring relation of the accountant requires; a split by position would
-    move every later example. Equal examples share a group."""
+    move every later example. Equal examples share a group.
+
+    The key follows the seed in a seeded run. A secure run uses a fixed public key: the
+    partition need not be secret (the amplification comes from the Poisson draws within a
+    group, which stay secret), but it must not change when a resumed run draws a fresh secret
+    key, or an example could join two groups' steps."""
     fields = dataset.x.values() if isinstance(dataset.x, dict) else [dataset.x]
     rows = [np.ascontiguousarray(t.numpy()).reshape(len(t), -1) for t in (*fields, dataset.y)]
-    key = random.key("groups")
+    key = PUBLIC_GROUPS_KEY if random.secure else random.key("groups")
     out = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):
         h = hashlib.blake2b(key=key, digest_size=8)

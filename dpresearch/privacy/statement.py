@@ -147,9 +147,13 @@ def privacy_statement(facts: RunFacts) -> dict:
     ]  # fmt: skip
     if facts.checkpoints:
         secure = facts.randomness == "secure"
+        correlated = (s.get("noise") or {}).get("buffers", 0) > 0
         released.append({
-            "what": "checkpoints/last.ckpt", "covered": private and secure,
-            "why": ("model, optimizer and loop state only: the noise and sampling randomness "
+            "what": "checkpoints/last.ckpt", "covered": private and secure and not correlated,
+            "why": ("holds the correlated noise of the last steps (the mechanism's state), "
+                    "from which a reader can remove the correlated part of later noise: keep "
+                    "it private; release the weights only") if private and correlated else
+                   ("model, optimizer and loop state only: the noise and sampling randomness "
                     "are never saved (randomness=secure)") if secure else
                    ("holds the seeded noise and sampler generators, from which the noise and "
                     "batches can be replayed: keep it private; release the weights only")
@@ -217,7 +221,8 @@ def privacy_statement(facts: RunFacts) -> dict:
             or "none: the model of the last step is released",
         },  # fmt: skip
         mechanism={
-            "name": "DP-SGD: per-example clipping, Gaussian noise once per step",
+            "name": mechanism_name(s.get("noise")),
+            "noise": s.get("noise"),
             "clipping": s.get("clipping"),
             "engine": s.get("engine"),
             "per_example_gradients": per_example_gradients(s.get("self_check")),
@@ -234,10 +239,8 @@ def privacy_statement(facts: RunFacts) -> dict:
             "name": s.get("sampler"),
             "poisson": poisson,
             "accountant_assumption_holds": poisson,
-            "note": "each example joins each step independently with probability q"
-            if poisson
-            else "fixed-size shuffled batches: the reported epsilon assumes Poisson "
-            "sampling and is NOT a guarantee for this run",
+            "note": sampler_note(s, poisson),
+            "participations": s.get("participations"),
         },
         accounting={
             "accountant": s.get("accountant"),
@@ -303,3 +306,24 @@ def statement_markdown(statement: dict) -> str:
     lines += [f"| {r['what']} | {'yes' if r['covered'] else 'NO'} | {r['why']} |"
               for r in statement["released"]]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def mechanism_name(noise: dict | None) -> str:
+    if (noise or {}).get("mechanism") == "banded_mf":
+        return (f"BandMF: per-example clipping, correlated Gaussian noise (C^-1 z)_t from a "
+                f"{noise.get('bands')}-banded Toeplitz strategy, once per step")  # fmt: skip
+    return "DP-SGD: per-example clipping, Gaussian noise once per step"
+
+
+def sampler_note(s: dict, poisson: bool) -> str:
+    period = s.get("participation_period") or 1
+    if poisson and period > 1:
+        return (f"cyclic Poisson: each example belongs to one of {period} groups (a keyed hash of "
+                f"its content) and can join only the steps of its group's residue mod {period}, "
+                "each with probability q; the accountant composes its "
+                f"{s.get('participations')} possible participations at q (amplified BandMF, "
+                "Choquette-Choo et al. 2023, Thm. 4)")  # fmt: skip
+    if poisson:
+        return "each example joins each step independently with probability q"
+    return ("fixed-size shuffled batches: the reported epsilon assumes Poisson sampling and is "
+            "NOT a guarantee for this run")  # fmt: skip

@@ -446,6 +446,9 @@ def prepare(r: Run, multirun: bool) -> None:
     check_engine_precision(plan.engine, cfg.trainer.get("precision", "32-true"))
     summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},
                    num_train=datamodule.num_train)  # fmt: skip
+    if summary.get("noise"):  # what the mechanism keeps between steps: buffers x parameters
+        buffers = summary["noise"].get("buffers", 0)
+        summary["noise"]["state_mb"] = buffers * summary["trainable_params"] * 4 / 2**20
     # Which debug mode, if any (trainer.fast_dev_run set by hand counts as fdr).
     summary["debug"] = cfg.get("debug") or ("fdr" if plan.debug else None)
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))

@@ -52,13 +52,14 @@ def test_banded_mf_runs_as_it_is_and_records_its_mechanism(compose_cfg, tmp_path
     assert s["status"] == "completed" and s["sampler"] == "cyclic_poisson"
     assert s["noise"]["mechanism"] == "banded_mf" and s["noise"]["bands"] == 3
     assert len(s["noise"]["coefficients"]) == 3 and s["noise"]["buffers"] == 2
+    assert s["noise"]["state_mb"] == 2 * s["trainable_params"] * 4 / 2**20  # float32 buffers
     assert s["participation_period"] == 3
     assert s["participations"] == math.ceil(s["steps"] / 3)
     expected = compute_epsilon(s["sample_rate"], 1.5, s["participations"], s["delta"])
     assert s["epsilon"] == expected.epsilon
     assert s["sample_rate"] == pytest.approx(3 * 64 / s["num_train"])
     plain = run(compose_cfg([*FAST, *SIGMA, "trainer.max_epochs=2"]), tmp_path / "plain")
-    assert plain["noise"] == {"mechanism": "independent", "buffers": 0}
+    assert plain["noise"] == {"mechanism": "independent", "buffers": 0, "state_mb": 0.0}
     assert plain["participation_period"] == 1 and plain["participations"] == plain["steps"]
 
 

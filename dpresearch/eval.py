@@ -28,6 +28,7 @@ from dpresearch.checkpointing import LAST, sha256_file, verify_checkpoint
 from dpresearch.module import ClassificationModule
 from dpresearch.privacy.accounting import compute_epsilon
 from dpresearch.privacy.callback import PrivacyState
+from dpresearch.privacy.mechanisms import stream_from_state
 from dpresearch.train import build, build_model, resolve_device
 
 CARRIED = ("experiment", "status", "private", "epsilon", "delta", "noise_multiplier",
@@ -54,9 +55,10 @@ def weights_epsilon(checkpoint: dict) -> dict | None:
     if not state:
         return None
     period = int(state.get("participation_period", 1))  # cyclic Poisson: one step in `period`
-    participations = -(-int(state["dp_steps"]) // period)
-    eps = compute_epsilon(state["sample_rate"], state["noise_multiplier"], participations,
-                          state["delta"], state["accountant"])  # fmt: skip
+    accounted = stream_from_state(state).accounted(
+        state["sample_rate"], state["noise_multiplier"], int(state["dp_steps"]), period
+    )  # what the mechanism's accountant composes (see privacy.mechanisms)
+    eps = compute_epsilon(*accounted, state["delta"], state["accountant"])
     return {"epsilon": eps.epsilon, "delta": state["delta"], "dp_steps": int(state["dp_steps"]),
             "accountant": eps.accountant}  # fmt: skip
 

@@ -42,7 +42,6 @@ from dpresearch.privacy import (
     choose_engine,
     make_plan,
 )
-from dpresearch.privacy.accounting import compute_epsilon
 from dpresearch.privacy.selection import PrivateSelection
 from dpresearch.privacy.self_check import SelfCheck
 from dpresearch.privacy.statement import (
@@ -518,16 +517,13 @@ def fit(r: Run) -> None:
     if isinstance(strategy, DPStepping):
         summary["stopped_by_budget"] = strategy.stopped_by_budget
         summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
-        used = getattr(strategy.noise_stream, "coefficients", None)  # ... and its strategy
-        if used is not None and summary.get("noise"):
-            summary["noise"] = {**summary["noise"], "coefficients": list(used)}
+        if summary.get("noise"):  # ... and its noise strategy (coefficients, BLT parameters)
+            used = strategy.noise_stream.state_dict()
+            summary["noise"] = {**summary["noise"], **{k: list(used[k]) for k in
+                                ("coefficients", "decay", "scale") if k in used}}  # fmt: skip
         if strategy.planned_steps is not None:  # with the sigma used, not the config's
             summary["planned_steps"] = strategy.planned_steps
-            summary["planned_epsilon"] = compute_epsilon(
-                strategy.sample_rate, strategy.noise_multiplier,
-                strategy.participations(strategy.planned_steps), strategy.delta,
-                strategy.accountant,
-            ).epsilon  # fmt: skip
+            summary["planned_epsilon"] = strategy.epsilon_after(strategy.planned_steps).epsilon
         if strategy.stopped_by_budget and r.checkpointing:
             trainer.save_checkpoint(r.out / "checkpoints" / LAST)
         eps = strategy.epsilon()

@@ -192,3 +192,78 @@ def test_banded_mf_with_secure_noise_runs(compose_cfg, tmp_path) -> None:
     assert "cyclic Poisson" in st["sampler"]["note"] and st["sampler"]["participations"]
     ckpt = next(r for r in st["released"] if r["what"] == "checkpoints/last.ckpt")
     assert ckpt["covered"] is False and "correlated noise" in ckpt["why"]
+
+
+BLT = ["noise=blt", "noise.buffers=2", "sampler.expected_batch_size=64"]
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """dp-accounting's PLD of one Gaussian mechanism (sensitivity 1)."""
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    return accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier)).get_epsilon(delta)
+
+
+def test_blt_runs_as_it_is_and_is_one_gaussian_mechanism(compose_cfg, tmp_path) -> None:
+    """noise=blt selects cyclic_epochs (one group per step of an epoch); its epsilon is one
+    Gaussian mechanism at sigma / sens, sens the (k, b) sensitivity of the BLT actually used,
+    against dp-accounting's PLD; eval reads the same epsilon from the checkpoint."""
+    from dpresearch.eval import weights_epsilon
+    from dpresearch.privacy.mechanisms import toeplitz
+    from dpresearch.privacy.mechanisms.strategies import blt_coefficients
+
+    s = run(compose_cfg([*FAST, *SIGMA, *BLT, "trainer.max_epochs=3"]), tmp_path / "run")
+    assert s["status"] == "completed"
+    period = s["participation_period"]  # cyclic_epochs: groups = N // E
+    assert period == s["num_train"] // 64 and s["noise"]["mechanism"] == "blt"
+    decay, scale = (torch.tensor(s["noise"][k], dtype=torch.float64) for k in ("decay", "scale"))
+    coef = blt_coefficients(decay, scale, s["steps"])
+    k = math.ceil(s["steps"] / period)
+    sens = math.sqrt(toeplitz.minsep_sensitivity_squared(coef, s["steps"], period, k))
+    assert sens == pytest.approx(s["noise"]["sensitivity"], rel=1e-12)
+    assert sens > math.sqrt(s["participations"])  # correlation costs sensitivity ...
+    assert s["epsilon"] == pytest.approx(gaussian_epsilon(1.5 / sens, s["delta"]), rel=2e-3)
+    ckpt = last_checkpoint(tmp_path / "run")
+    assert weights_epsilon(ckpt)["epsilon"] == s["epsilon"]
+    assert len(ckpt["dp_state"]["noise_state"]["buffers"]) == 2
+
+
+def test_blt_calibrates_to_the_target_and_refuses_other_samplers(compose_cfg, tmp_path) -> None:
+    s = run(compose_cfg([*FAST, *BLT, "trainer.max_epochs=2", "privacy.target_epsilon=2"]),
+            tmp_path / "run")  # fmt: skip
+    assert 2 * 0.99 <= s["epsilon"] <= 2 and s["planned_epsilon"] == s["epsilon"]
+    with pytest.raises(PrivacyConfigError, match="sampler=cyclic_epochs"):
+        run(compose_cfg([*FAST, *SIGMA, *BLT, "sampler=poisson"]), tmp_path / "poisson")
+
+
+def test_blt_resumes_bit_for_bit(compose_cfg, tmp_path) -> None:
+    args = [*FAST, *SIGMA, *BLT, "noise.horizon=80"]  # the whole run's steps
+    whole = run(compose_cfg([*args, "trainer.max_epochs=4"]), tmp_path / "whole")
+    run(compose_cfg([*args, "trainer.max_epochs=2"]), tmp_path / "split")
+    resumed = run(compose_cfg([*args, "trainer.max_epochs=4", "run.resume=true"]),
+                  tmp_path / "split")  # fmt: skip
+    assert resumed["epsilon"] == whole["epsilon"] and resumed["steps"] == whole["steps"] == 80
+    a, b = last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "split")
+    assert_same_training(a, b)
+    for buf_a, buf_b in zip(a["dp_state"]["noise_state"]["buffers"],
+                            b["dp_state"]["noise_state"]["buffers"]):  # fmt: skip
+        assert all(torch.equal(u, v) for u, v in zip(buf_a, buf_b))
+
+
+def test_a_private_selection_refuses_blt_whose_trials_it_cannot_compose() -> None:
+    from omegaconf import OmegaConf
+
+    from dpresearch.privacy.mechanisms import BLT, BandedMF
+    from dpresearch.privacy.plan import make_plan
+    from dpresearch.privacy.selection import PrivateSelection
+    from dpresearch.privacy.spec import DPSpec, FixedClipping
+    from dpresearch.privacy.tuning import TrialCount
+
+    selection = PrivateSelection(TrialCount("poisson", mean_trials=5.0), score_noise=4.0)
+    trainer = OmegaConf.create({"max_epochs": 2})
+    args = (DPSpec(target_epsilon=4.0), FixedClipping(1.0))
+    with pytest.raises(PrivacyConfigError, match="noise=blt is accounted otherwise"):
+        make_plan(*args, CyclicPoissonSampling(expected_batch_size=64, groups="max"), 1000,
+                  trainer, selection, BLT(buffers=2))  # fmt: skip
+    plan = make_plan(*args, CyclicPoissonSampling(expected_batch_size=64, groups=3), 1000,
+                     trainer, selection, BandedMF(bands=3))  # fmt: skip
+    assert plan.tuning["selection"] == "private" and plan.participations == math.ceil(32 / 3)

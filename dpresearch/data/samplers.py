@@ -403,30 +403,36 @@ class CyclicPoissonSampling(Sampling):
     sampler BandMF's amplification is proven for. One example joins at most ceil(T / groups)
     of T steps, each with probability groups * E / N; the expected batch stays E."""
 
-    groups: int = 1
+    groups: int | str = 1  # or "max": N // E groups, each example in one step an epoch
 
     name = "cyclic_poisson"
     is_poisson = True  # Poisson within the step's group: what the accountant composes
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.groups < 1:
-            raise ValueError(f"sampler.groups must be >= 1, got {self.groups}")
+        if self.groups != "max" and not (isinstance(self.groups, int) and self.groups >= 1):
+            raise ValueError(f"sampler.groups must be an integer >= 1 or max, got {self.groups!r}")
+        self._resolved = None if self.groups == "max" else int(self.groups)
 
     @property
     def participation_period(self) -> int:  # type: ignore[override]
-        return self.groups
+        if self._resolved is None:
+            raise RuntimeError("sampler.groups=max: sample_rate(N) resolves it first")
+        return self._resolved
 
     def sample_rate(self, num_samples: int) -> float:
         self.check(num_samples)
-        rate = self.groups * self.expected_batch_size / num_samples
+        if self.groups == "max":
+            self._resolved = max(1, num_samples // self.expected_batch_size)
+        groups = self._resolved
+        rate = groups * self.expected_batch_size / num_samples
         if rate > 1:
             raise ValueError(
-                f"sampler.groups={self.groups} with sampler.expected_batch_size="
+                f"sampler.groups={groups} with sampler.expected_batch_size="
                 f"{self.expected_batch_size} asks each group of about "
-                f"{num_samples // self.groups} examples for {self.expected_batch_size} a step: "
+                f"{num_samples // groups} examples for {self.expected_batch_size} a step: "
                 f"lower sampler.groups to at most {num_samples // self.expected_batch_size} "
-                "(N / expected batch size), or lower the batch size"
+                "(N / expected batch size; or max), or lower the batch size"
             )
         return rate
 
@@ -438,7 +444,8 @@ class CyclicPoissonSampling(Sampling):
             raise ValueError("cyclic Poisson sampling needs the training examples (dataset=)")
         rate = self.sample_rate(num_samples)
         check_rank(rank, world_size)
-        groups = example_groups(dataset, self.groups, RandomSource(seed))
+        period = self.participation_period
+        groups = example_groups(dataset, period, RandomSource(seed))
         return CyclicPoissonBatchSampler(
-            groups, self.groups, rate, self.steps_per_epoch(num_samples), seed, rank, world_size
+            groups, period, rate, self.steps_per_epoch(num_samples), seed, rank, world_size
         )

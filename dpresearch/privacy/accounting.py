@@ -237,6 +237,18 @@ def compute_epsilon(
     return EpsilonResult(bound, low, est, up, used, accountant, "; ".join(notes) or None)
 
 
+def last_step_within(epsilon_at, target_epsilon: float, max_steps: int) -> int:
+    """The most steps, up to ``max_steps``, whose epsilon (``epsilon_at(steps)``, which grows
+    with the steps) stays at most the target: a bisection."""
+    if epsilon_at(max_steps) <= target_epsilon:
+        return max_steps
+    low, high = 0, max_steps  # within at low, not at high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if epsilon_at(mid) <= target_epsilon else (low, mid)
+    return low
+
+
 def steps_within_budget(
     target_epsilon: float,
     sample_rate: float,
@@ -248,17 +260,11 @@ def steps_within_budget(
     """The most steps, up to ``max_steps``, whose reported epsilon stays at most the target
     (epsilon grows with the steps, so a bisection finds it)."""
 
-    def within(steps: int) -> bool:
-        eps = compute_epsilon(sample_rate, noise_multiplier, steps, delta, accountant).epsilon
-        return eps <= target_epsilon
-
-    if within(max_steps):
-        return max_steps
-    low, high = 0, max_steps  # within(low), not within(high)
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if within(mid) else (low, mid)
-    return low
+    return last_step_within(
+        lambda steps: compute_epsilon(sample_rate, noise_multiplier, steps, delta,
+                                      accountant).epsilon,
+        target_epsilon, max_steps,
+    )  # fmt: skip
 
 
 def calibrate_noise(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from dpresearch.privacy.accounting import steps_within_budget
+from dpresearch.privacy.accounting import last_step_within
 from dpresearch.privacy.spec import PrivacyConfigError
 from dpresearch.privacy.step import StepHook
 
@@ -45,13 +45,10 @@ class BudgetGuard(StepHook):
         and Lightning minimums (min_epochs, min_steps) that would force steps past the budget
         (Lightning ignores should_stop until they are met)."""
         trainer = strategy.lightning_module.trainer
-        # The accountant counts participations: one in every participation_period steps.
-        period = strategy.participation_period
-        participations = steps_within_budget(
-            self.target_epsilon, strategy.sample_rate, strategy.noise_multiplier,
-            strategy.participations(strategy.planned_steps), strategy.delta, strategy.accountant,
+        self.max_steps = last_step_within(
+            lambda steps: strategy.epsilon_after(steps).epsilon, self.target_epsilon,
+            strategy.planned_steps,
         )  # fmt: skip
-        self.max_steps = min(strategy.planned_steps, participations * period)
         spent = strategy.epsilon().epsilon
         if spent > self.target_epsilon:
             raise PrivacyConfigError(

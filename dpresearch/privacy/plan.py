@@ -12,6 +12,7 @@ from torch import nn
 from dpresearch.data.samplers import Sampling
 from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
 from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
+from dpresearch.privacy.mechanisms.streams import Accounted
 from dpresearch.privacy.selection import PrivateSelection
 from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy, PrivacyConfigError
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
@@ -71,9 +72,9 @@ def make_plan(
             f"noise={noise.name} is a DP noise mechanism, but privacy=none: use privacy=dp, "
             "or leave noise at its default"
         )
+    q = sampling.sample_rate(num_train)
     if privacy.enabled:
         noise.check_sampler(sampling)
-    q = sampling.sample_rate(num_train)
     length = run_length(trainer, sampling.steps_per_epoch(num_train))
     steps = length.steps
     if length.debug and privacy.enabled and privacy.target_epsilon is not None:
@@ -92,19 +93,28 @@ def make_plan(
     if not privacy.enabled:
         return plan
     privacy.check_dataset(num_train)
-    plan.participation_period = sampling.participation_period
+    plan.participation_period = period = sampling.participation_period
     plan.participations = k = sampling.participations(steps)
-    plan.noise = noise.record(steps)
+    plan.noise = noise.record(steps, period)
+    stream = noise.stream(steps, period)
+    if selection is not None and not isinstance(stream, Accounted):
+        raise PrivacyConfigError(
+            f"a private selection composes DP-SGD trials; noise={noise.name} is accounted "
+            "otherwise: use noise=independent or banded_mf, or selection=nonprivate"
+        )
     sigma = privacy.noise_multiplier
     if sigma is None and selection is not None:
         sigma = selection.calibrate(privacy.target_epsilon, q, k, privacy.delta)
-    elif sigma is None:
-        sigma = calibrate_noise(privacy.target_epsilon, q, k, privacy.delta, privacy.accountant)
+    elif sigma is None:  # the accounted sigma is linear in sigma: calibrate it, scale back
+        rate, unit, count = stream.accounted(q, 1.0, steps, period)
+        sigma = calibrate_noise(privacy.target_epsilon, rate, count, privacy.delta,
+                                privacy.accountant) / unit  # fmt: skip
     if selection is not None:
         account = selection.account(q, sigma, k, privacy.delta).to_dict()
         plan.tuning = {"selection": "private", "total_target_epsilon": privacy.target_epsilon,
                        **account, "score_mechanism": selection.mechanism()}  # fmt: skip
-    planned = compute_epsilon(q, sigma, k, privacy.delta, privacy.accountant)
+    planned = compute_epsilon(*stream.accounted(q, sigma, steps, period), privacy.delta,
+                              privacy.accountant)  # fmt: skip
     plan.noise_multiplier = sigma
     plan.max_grad_norm = clipping.max_grad_norm
     plan.delta = privacy.delta

@@ -144,7 +144,7 @@ class DPStepping(PhysicalBatching):
         # The noise mechanism and its state between steps (used on the process that adds
         # noise); the accountant composes ceil(steps / participation_period) participations.
         self.noise = noise or IndependentNoise()
-        self.noise_stream = self.noise.stream(noise_steps or 1)
+        self.noise_stream = self.noise.stream(noise_steps or 1, participation_period)
         self.participation_period = participation_period
         self.target_epsilon = target_epsilon  # set: sigma was calibrated, and the budget guards
         self.calibrated_steps = calibrated_steps  # the steps sigma was calibrated for
@@ -257,12 +257,14 @@ class DPStepping(PhysicalBatching):
         self.dp_steps = int(state["dp_steps"])
         self._epsilon_cache = None
         if state.get("noise_state"):
-            planned = getattr(self.noise_stream, "coefficients", None)
+            planned = self.noise_stream.state_dict()
             try:
                 self.noise_stream.load_state_dict(state["noise_state"])
             except ValueError as err:
                 raise PrivacyConfigError(f"cannot resume: {err}") from err
-            if planned != getattr(self.noise_stream, "coefficients", None):
+            kept = self.noise_stream.state_dict()
+            if any(planned[k] != kept[k] for k in ("coefficients", "decay", "scale")
+                   if k in planned):  # fmt: skip
                 log.warning(
                     "resuming keeps the checkpoint's noise strategy (optimised for the steps "
                     "that run planned); set noise.horizon to plan a strategy across resumes"
@@ -324,14 +326,18 @@ class DPStepping(PhysicalBatching):
         """The most of ``steps`` steps one example can join: what the accountant composes."""
         return -(-steps // self.participation_period)
 
+    def epsilon_after(self, steps: int) -> EpsilonResult:
+        """Epsilon of this mechanism after ``steps`` steps: what its noise stream says the
+        accountant composes (DP-SGD and BandMF: the participations; BLT: one Gaussian)."""
+        accounted = self.noise_stream.accounted(
+            self.sample_rate, self.noise_multiplier, steps, self.participation_period
+        )
+        return compute_epsilon(*accounted, self.delta, self.accountant)
+
     def epsilon(self) -> EpsilonResult:
         """Epsilon spent so far (cached per step count)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.dp_steps:
-            result = compute_epsilon(
-                self.sample_rate, self.noise_multiplier, self.participations(self.dp_steps),
-                self.delta, self.accountant,
-            )  # fmt: skip
-            self._epsilon_cache = (self.dp_steps, result)
+            self._epsilon_cache = (self.dp_steps, self.epsilon_after(self.dp_steps))
         return self._epsilon_cache[1]
 
     def teardown(self) -> None:

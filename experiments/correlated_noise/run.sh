@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Reproduces experiments/correlated_noise/: DP-SGD (independent noise) against BandMF at equal
-# epsilon on digits and mnist1d, the two datasets side by side, one core (one torch thread)
+# Reproduces experiments/correlated_noise/: DP-SGD (independent noise) against BandMF and BLT at
+# equal epsilon on digits and mnist1d, the two datasets side by side, one core (one torch thread)
 # each (about 50 minutes on 2 CPU cores), then results.csv, results.md and the figure here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-/tmp/dpresearch-correlated-noise}
-mechanisms=${2:-independent,banded_mf}
+mechanisms=${2:-independent,banded_mf,blt}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled
 mkdir -p "$out"
 python experiments/correlated_noise/study.py digits_dp "$out" --mechanisms "$mechanisms" \

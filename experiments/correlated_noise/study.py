@@ -8,13 +8,15 @@ at seeds 1 and 2. Each run is `python run.py +experiment=<exp> noise=<mechanism>
 process; a finished run (its summary.json says completed) is not run again, so the study
 resumes and a later mechanism adds its rows. The choice of learning rate reads the validation
 accuracy: it is tuning outside the accountant, the same for every mechanism (the comparison is
-of mechanisms, not a private release).
+of mechanisms, not a private release). Run it from a checkout nobody edits meanwhile: every run
+imports the code as it is when it starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,8 @@ LR_FACTORS = (0.5, 1.0, 2.0)
 DEFAULT_LR = {"digits_dp": 0.01, "mnist1d_dp": 0.005}
 # BandMF bands: at most N / E groups (digits: 1,150 / 256 -> 4; mnist1d: 3,600 / 256 -> 14)
 MECHANISM_ARGS = {"independent": ["noise=independent"],
-                  "banded_mf": ["noise=banded_mf", "noise.bands={bands}"]}  # fmt: skip
+                  "banded_mf": ["noise=banded_mf", "noise.bands={bands}"],
+                  "blt": ["noise=blt", "noise.buffers=4"]}  # fmt: skip
 BANDS = {"digits_dp": 4, "mnist1d_dp": 8}
 COMMON = ["logger=none", "extras.print_config=false", "trainer.enable_progress_bar=false"]
 
@@ -35,6 +38,8 @@ def run_one(out: Path, exp: str, mechanism: str, eps: int, lr: float, seed: int)
     summary = folder / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
         return json.loads(summary.read_text())
+    if folder.exists():  # an interrupted run: start it again from nothing
+        shutil.rmtree(folder)
     args = [a.format(bands=BANDS[exp]) for a in MECHANISM_ARGS[mechanism]]
     cmd = [sys.executable, "run.py", f"+experiment={exp}", *args, *COMMON,
            f"privacy.target_epsilon={eps}", f"optimizer.lr={lr:g}", f"seed={seed}",
@@ -49,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("exp", choices=sorted(DEFAULT_LR))
     parser.add_argument("out", type=Path)
-    parser.add_argument("--mechanisms", default="independent,banded_mf")
+    parser.add_argument("--mechanisms", default="independent,banded_mf,blt")
     args = parser.parse_args()
     for mechanism in args.mechanisms.split(","):
         for eps in EPSILONS:

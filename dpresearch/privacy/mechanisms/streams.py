@@ -16,12 +16,26 @@ steps' noise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from dpresearch.privacy.mechanisms import toeplitz
+from dpresearch.privacy.mechanisms.strategies import blt_coefficients
 from dpresearch.privacy.noise import add_noise, gaussian
 
 
-class IndependentStream:
+class Accounted:
+    """What the accountant composes for ``steps`` steps of a mechanism whose examples join at
+    most one step in ``period``: (sample rate, noise multiplier, count) of a Poisson-subsampled
+    Gaussian (``compute_epsilon``'s arguments). DP-SGD and BandMF (amplified, Thm. 4): the
+    example's ceil(steps / period) participations at the sampler's rate, sigma unchanged."""
+
+    def accounted(self, sample_rate: float, sigma: float, steps: int, period: int):
+        return sample_rate, sigma, math.ceil(steps / period)
+
+
+class IndependentStream(Accounted):
     """Independent Gaussian noise each step: DP-SGD."""
 
     buffers = 0  # parameter-sized vectors kept between steps
@@ -36,7 +50,7 @@ class IndependentStream:
         pass
 
 
-class BandedStream:
+class BandedStream(Accounted):
     """Correlated noise C^{-1} z for a banded Toeplitz strategy with ``coefficients``."""
 
     def __init__(self, coefficients: torch.Tensor):
@@ -80,7 +94,15 @@ class BLTStream:
     """Correlated noise C^{-1} z for a buffered linear Toeplitz strategy (c_0 = 1, c_t =
     sum_j scale_j decay_j^(t-1)): sum_{s<t} c_{t-s} x_s = sum_j scale_j S_j with buffers
     S_j = sum_{s<t} decay_j^(t-1-s) x_s, so x_t = z_t - sum_j scale_j S_j, then
-    S_j <- decay_j S_j + x_t. It keeps one parameter-sized buffer per j, whatever the steps."""
+    S_j <- decay_j S_j + x_t. It keeps one parameter-sized buffer per j, whatever the steps.
+
+    Accounting, without amplification: whatever the draws, one example moves C x by at most
+    C_clip * sens, sens^2 the min-separation sensitivity of C over the steps taken (at most
+    ceil(steps / period) participations, ``period`` apart; exact for the positive,
+    non-increasing coefficients the optimiser returns). The whole run is then one Gaussian
+    mechanism with noise multiplier sigma / sens (Denisov et al. 2022: adaptive inputs of a
+    lower-triangular factorization cost no more), which ``compute_epsilon`` takes as one
+    step at rate 1, composed exactly."""
 
     def __init__(self, decay: torch.Tensor, scale: torch.Tensor):
         self.decay = [float(v) for v in decay]
@@ -105,6 +127,17 @@ class BLTStream:
                 for b, x in zip(buf, noise):
                     b.mul_(decay).add_(x)
         return [s.to(_wide(s)) + x for s, x in zip(sums, noise)]
+
+    def sensitivity(self, steps: int, period: int) -> float:
+        coef = blt_coefficients(torch.tensor(self.decay, dtype=torch.float64),
+                                torch.tensor(self.scale, dtype=torch.float64), steps)  # fmt: skip
+        k = math.ceil(steps / period)
+        return math.sqrt(float(toeplitz.minsep_sensitivity_squared(coef, steps, period, k)))
+
+    def accounted(self, sample_rate: float, sigma: float, steps: int, period: int):
+        if steps == 0:
+            return 1.0, sigma, 0
+        return 1.0, sigma / self.sensitivity(steps, period), 1
 
     def state_dict(self) -> dict:
         state = [[b.clone() for b in buf] for buf in self._state] if self._state else []

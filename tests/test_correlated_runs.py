@@ -224,6 +224,9 @@ def test_blt_runs_as_it_is_and_is_one_gaussian_mechanism(compose_cfg, tmp_path) 
     assert s["epsilon"] == pytest.approx(gaussian_epsilon(1.5 / sens, s["delta"]), rel=2e-3)
     ckpt = last_checkpoint(tmp_path / "run")
     assert weights_epsilon(ckpt)["epsilon"] == s["epsilon"]
+    st = s["privacy_statement"]
+    assert st["mechanism"]["name"].startswith("BLT")
+    assert "without amplification" in st["sampler"]["note"]
     assert len(ckpt["dp_state"]["noise_state"]["buffers"]) == 2
 
 

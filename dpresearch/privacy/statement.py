@@ -309,14 +309,26 @@ def statement_markdown(statement: dict) -> str:
 
 
 def mechanism_name(noise: dict | None) -> str:
-    if (noise or {}).get("mechanism") == "banded_mf":
+    kind = (noise or {}).get("mechanism")
+    if kind == "banded_mf":
         return (f"BandMF: per-example clipping, correlated Gaussian noise (C^-1 z)_t from a "
                 f"{noise.get('bands')}-banded Toeplitz strategy, once per step")  # fmt: skip
+    if kind == "blt":
+        return (f"BLT: per-example clipping, correlated Gaussian noise (C^-1 z)_t from a "
+                f"buffered linear Toeplitz strategy with {noise.get('buffers')} buffers, once "
+                "per step")  # fmt: skip
     return "DP-SGD: per-example clipping, Gaussian noise once per step"
 
 
 def sampler_note(s: dict, poisson: bool) -> str:
     period = s.get("participation_period") or 1
+    noise = s.get("noise") or {}
+    if poisson and noise.get("mechanism") == "blt":
+        return (f"cyclic: each example belongs to one of {period} groups (a keyed hash of its "
+                f"content) and can join only the steps of its group's residue mod {period}; "
+                "accounted without amplification, as one Gaussian mechanism on C x at noise "
+                f"multiplier sigma / {noise.get('sensitivity', 0):.4g}, the sensitivity of the "
+                f"BLT over the {s.get('participations')} possible participations")  # fmt: skip
     if poisson and period > 1:
         return (f"cyclic Poisson: each example belongs to one of {period} groups (a keyed hash of "
                 f"its content) and can join only the steps of its group's residue mod {period}, "

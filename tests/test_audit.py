@@ -69,10 +69,14 @@ def test_correct_run_is_consistent_and_broken_runs_are_caught(tmp_path) -> None:
         assert broken["epsilon_lower_bound"] > broken["claimed_epsilon"] > 0.9
 
 
-def test_correlated_noise_run_is_consistent_and_without_noise_is_caught(tmp_path) -> None:
-    """noise=banded_mf under cyclic Poisson: the canaries join as examples of one group."""
-    banded = [*FAST, "noise=banded_mf", "noise.bands=2", "sampler.expected_batch_size=64",
-              "trainer.max_epochs=2"]  # fmt: skip
+@pytest.mark.parametrize(
+    "noise",
+    [["noise=banded_mf", "noise.bands=2"], ["noise=blt", "noise.buffers=2"]],
+    ids=["banded_mf", "blt"],
+)
+def test_correlated_noise_run_is_consistent_and_without_noise_is_caught(noise, tmp_path) -> None:
+    """Correlated noise under cyclic sampling: the canaries join as examples of one group."""
+    banded = [*FAST, *noise, "sampler.expected_batch_size=64", "trainer.max_epochs=2"]
     ok = run_audit(audit_cfg(banded), tmp_path / "ok")
     assert ok["consistent"] and ok["epsilon_lower_bound"] < ok["claimed_epsilon"] <= 1.0
     broken = run_audit(audit_cfg([*banded, "audit.sabotage=noise"]), tmp_path / "noise")

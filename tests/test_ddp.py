@@ -110,9 +110,11 @@ def test_ddp_misuse_is_refused_before_training(compose_cfg, monkeypatch) -> None
      [*NOISELESS, "finetune=bias_only", "clipping.engine=hooks"],
      ["privacy=none"], ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"],
      ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "noise=banded_mf",
-      "noise.bands=2"]],
+      "noise.bands=2"],
+     ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "noise=blt",
+      "noise.buffers=2"]],
     ids=["hooks", "ghost", "bk", "automatic-bk", "masked-bk", "bias_only-hooks", "nonprivate",
-         "noisy-auto", "noisy-banded_mf"],
+         "noisy-auto", "noisy-banded_mf", "noisy-blt"],
 )  # fmt: skip
 def test_two_processes_equal_one_process(method, compose_cfg, tmp_path) -> None:
     """Noise 0: after an epoch of SGD steps the parameters of 2 gloo processes equal those of

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces experiments/correlated_noise/: DP-SGD (independent noise) against BandMF and BLT at
 # equal epsilon on digits and mnist1d, the two datasets side by side, one core (one torch thread)
-# each (about 50 minutes on 2 CPU cores), then results.csv, results.md and the figure here.
+# each (about 70 minutes on 2 CPU cores), then results.csv, results.md and the figure here.
 # Run it from a checkout nobody edits meanwhile (e.g. a git worktree): every run imports the
 # code as it is when it starts.
 set -euo pipefail

@@ -44,13 +44,18 @@ def load(out: Path) -> list[dict]:
 
 
 def chosen(rows: list[dict]) -> list[dict]:
-    """Per (dataset, mechanism, epsilon): the learning rate run at all three seeds."""
+    """Per (dataset, mechanism, epsilon): the learning rate with the best seed-0 validation
+    accuracy among those run at all three seeds (a grid widened later may have two)."""
     out = []
     keys = sorted({(r["dataset"], r["mechanism"], r["target_epsilon"]) for r in rows})
     for dataset, mechanism, eps in keys:
         mine = [r for r in rows if (r["dataset"], r["mechanism"], r["target_epsilon"])
                 == (dataset, mechanism, eps)]  # fmt: skip
-        for lr in sorted({r["lr"] for r in mine}):
+        complete = [
+            lr for lr in {r["lr"] for r in mine} if len([r for r in mine if r["lr"] == lr]) == 3
+        ]
+        seed0 = {r["lr"]: r["val_accuracy"] for r in mine if r["seed"] == 0}
+        for lr in sorted(complete, key=lambda lr: -seed0[lr])[:1]:
             seeds = [r for r in mine if r["lr"] == lr]
             if len(seeds) == 3:
                 acc = [r["test_accuracy"] for r in seeds]

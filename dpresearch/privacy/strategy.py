@@ -142,7 +142,7 @@ class DPStepping(PhysicalBatching):
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
         # The noise mechanism and its state between steps (used on the process that adds
-        # noise); the accountant composes ceil(steps / participation_period) participations.
+        # noise); examples join at most one step in participation_period (see epsilon_after).
         self.noise = noise or IndependentNoise()
         self.noise_stream = self.noise.stream(noise_steps or 1, participation_period)
         self.participation_period = participation_period
@@ -321,10 +321,6 @@ class DPStepping(PhysicalBatching):
         for hook in self.step_hooks:
             hook.after_step(self)
         return closure_loss
-
-    def participations(self, steps: int) -> int:
-        """The most of ``steps`` steps one example can join: what the accountant composes."""
-        return -(-steps // self.participation_period)
 
     def epsilon_after(self, steps: int) -> EpsilonResult:
         """Epsilon of this mechanism after ``steps`` steps: what its noise stream says the

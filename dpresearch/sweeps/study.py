@@ -84,6 +84,28 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
     return getattr(study._storage, "get_heartbeat_interval", lambda: None)()
 
 
+_SEEN: set[tuple[str, int, int]] = set()  # (storage, study, trial) touched by this process
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """FAIL the running trials of workers that died. Optuna's ``fail_stale_trials`` never fails
+    a RUNNING trial without any heartbeat, which is what a worker killed between creating a
+    trial and its first beat leaves (seen in CI: the resumed sweep waited for it forever).
+    Each running trial this worker sees for the first time gets one heartbeat from it, so a
+    trial nobody beats goes stale after the grace period; a living one only looks younger."""
+    storage = study._storage
+    if heartbeat_interval(study):
+        backend = getattr(storage, "_backend", storage)  # under Optuna's cache
+        where = str(getattr(backend, "url", id(backend)))
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            key = (where, study._study_id, trial._trial_id)
+            if key not in _SEEN:
+                _SEEN.add(key)
+                with contextlib.suppress(Exception):  # finished meanwhile: nothing to record
+                    storage.record_heartbeat(trial._trial_id)
+    optuna.storages.fail_stale_trials(study)
+
+
 @contextmanager
 def heartbeats(study: optuna.Study, trial_ids: list[int]) -> Iterator[None]:
     """Record the trials' heartbeats while they run (from the process that launched them, so a
@@ -248,7 +270,7 @@ def open_study(
                 raise
             time.sleep(0.2 + random.random())
     check_search_space(study, space)
-    optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     if study.trials:
         study.sampler = make_sampler(sampler_spec, space, offset=len(study.trials))
     return study

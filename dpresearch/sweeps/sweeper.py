@@ -48,6 +48,7 @@ from dpresearch.sweeps.selection import (
 )
 from dpresearch.sweeps.study import (
     distributions,
+    fail_stale,
     finished_trials,
     heartbeat_interval,
     heartbeats,
@@ -157,7 +158,7 @@ class OptunaSweeperImpl(Sweeper):
             started = started_trials(study) if beating else done
             if started >= self.n_trials:
                 time.sleep(min(beating, 5))  # a dead worker's trial: FAIL after 3 missed beats
-                optuna.storages.fail_stale_trials(study)
+                fail_stale(study)
                 continue
             batch = min(self.n_jobs, self.n_trials - started)
             trials = [study.ask(self.space) for _ in range(batch)]
@@ -171,7 +172,7 @@ class OptunaSweeperImpl(Sweeper):
                 raise
             for trial, result in zip(trials, results):
                 self._tell(study, trial, result)
-            optuna.storages.fail_stale_trials(study)  # trials of workers that died
+            fail_stale(study)  # trials of workers that died
             self._write_results(study, sweep_dir)
         self._write_results(study, sweep_dir)
         self._select(study, sweep_dir)

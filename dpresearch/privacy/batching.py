@@ -15,18 +15,18 @@ def batch_size(batch: Any) -> int:
     return batch_size(batch[0])
 
 
+def take_rows(batch: Any, start: int, stop: int) -> Any:
+    """Rows start..stop-1 of every tensor of a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop]
+    if isinstance(batch, dict):
+        return {k: take_rows(v, start, stop) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(take_rows(v, start, stop) for v in batch)
+    return batch
+
+
 def split_batch(batch: Any, size: int) -> list[Any]:
     """Split every tensor of a (nested) batch along dim 0 into chunks of at most ``size``."""
     n = batch_size(batch)
-    starts = range(0, max(n, 1), size)
-
-    def take(obj: Any, start: int) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return obj[start : start + size]
-        if isinstance(obj, dict):
-            return {k: take(v, start) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(take(v, start) for v in obj)
-        return obj
-
-    return [take(batch, s) for s in starts]
+    return [take_rows(batch, s, s + size) for s in range(0, max(n, 1), size)]

@@ -24,6 +24,7 @@ import torch
 
 from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.engines import Engine
+from dpresearch.privacy.units import Units
 
 
 class StepHook:
@@ -53,13 +54,16 @@ class StepHook:
         """After the step is counted (``strategy.dp_steps``); may stop training."""
 
 
-def accumulate(engine: Engine, physical_steps: Iterable[tuple[Any, Callable[[], Any]]]) -> Any:
-    """Run every physical batch through the engine (an empty Poisson batch: forward only, no
-    gradient, the noise still follows); return the last training_step output."""
+def accumulate(
+    engine: Engine, physical_steps: Iterable[tuple[Any, Callable[[], Any], Units | None]]
+) -> Any:
+    """Run every physical batch (and its privacy units) through the engine (an empty Poisson
+    batch: forward only, no gradient, the noise still follows); return the last
+    training_step output."""
     output = None
-    for chunk, step in physical_steps:
+    for chunk, step, units in physical_steps:
         if batch_size(chunk):
-            output = engine.run(step, chunk)
+            output = engine.run(step, chunk, units)
         else:
             with torch.no_grad():
                 output = step()

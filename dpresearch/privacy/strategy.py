@@ -31,25 +31,39 @@ import torch
 from pytorch_lightning.strategies import SingleDeviceStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 
-from dpresearch.data.padding import count_real
+from dpresearch.data.padding import PAD_LABEL, count_real, labels
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
-from dpresearch.privacy.batching import batch_size, split_batch
+from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.budget import BudgetGuard
 from dpresearch.privacy.engines import Engine, make_engine
 from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
 from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
 from dpresearch.privacy.step import StepHook, accumulate, clipped_sum, gradients, noised, release
+from dpresearch.privacy.units import Units, real_units, split_units, unwrap
 
 log = logging.getLogger(__name__)
 
 
-def summed_loss(output: Any, chunk: Any) -> torch.Tensor:
-    """Sum of the physical batch's per-example losses (a mean loss times the batch size when
-    the module returns no per-example losses)."""
+def summed_loss(output: Any, chunk: Any, units: Units | None = None) -> torch.Tensor:
+    """Sum of the physical batch's per-example losses, each times its row's weight in its
+    privacy unit (a mean loss times the batch size when the module returns no per-example
+    losses)."""
     if isinstance(output, dict) and "example_losses" in output:
-        return output["example_losses"].sum()
+        losses = output["example_losses"]
+        if units is not None and units.weights is not None:
+            losses = losses * units.weights.to(losses.device, losses.dtype)
+        return losses.sum()
     loss = output["loss"] if isinstance(output, dict) else output
     return loss * batch_size(chunk)
+
+
+def real_count(batch: Any) -> int:
+    """The logical batch's real (non-padding) units: examples, or users / augmented examples
+    when its rows form privacy units."""
+    plain, units = unwrap(batch)
+    if units is None:
+        return count_real(plain)
+    return real_units(units, labels(plain) != PAD_LABEL)
 
 
 class PhysicalBatching:
@@ -76,11 +90,15 @@ class PhysicalBatching:
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lightning_module.parameters() if p.requires_grad]
 
-    def _physical_steps(self, args: tuple, kwargs: dict) -> list[tuple[Any, Callable[[], Any]]]:
-        batch, rest = args[0], args[1:]
+    def _physical_steps(
+        self, args: tuple, kwargs: dict
+    ) -> list[tuple[Any, Callable[[], Any], Units | None]]:
+        """(physical batch, its training_step, its privacy units): cut between units only."""
+        batch, units = unwrap(args[0])
+        rest = args[1:]
         return [
-            (chunk, partial(Strategy.training_step, self, chunk, *rest, **kwargs))
-            for chunk in split_batch(batch, self.max_physical_batch_size)
+            (chunk, partial(Strategy.training_step, self, chunk, *rest, **kwargs), chunk_units)
+            for chunk, chunk_units in split_units(batch, units, self.max_physical_batch_size)
         ]
 
     def _reduce_with_count(self, sums: list[torch.Tensor]) -> int:
@@ -94,11 +112,11 @@ class PhysicalBatching:
         for p in params:
             p.grad = None
         output = None
-        for chunk, step in self._physical_steps(args, kwargs):
+        for chunk, step, units in self._physical_steps(args, kwargs):
             output = step()
             if batch_size(chunk):
-                summed_loss(output, chunk).backward()
-        self._local_examples = count_real(args[0])
+                summed_loss(output, chunk, units).backward()
+        self._local_examples = real_count(args[0])
         self._grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         return output
 
@@ -296,7 +314,7 @@ class DPStepping(PhysicalBatching):
         for hook in self.step_hooks:
             hook.before_step(self)
         output = accumulate(self.engine, self._physical_steps(args, kwargs))
-        self._local_examples = count_real(args[0])
+        self._local_examples = real_count(args[0])
         self._pending = True
         return output
 

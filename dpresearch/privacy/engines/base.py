@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dpresearch.privacy.spec import PrivacyConfigError
+from dpresearch.privacy.units import Units
 
 Factors = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,10 +66,12 @@ class Engine:
         self._sums: list[torch.Tensor] | None = None
         self.last_param_norms: torch.Tensor | None = None  # (N, P), last physical batch
 
-    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None, units: Units | None = None) -> Any:
         """Forward one physical batch (``forward`` returns training_step's output on ``batch``),
-        then add its clipped per-example gradients to the running sum. Returns the forward's
-        output. Engines that differentiate the loss themselves (vmap) read ``batch``."""
+        then add its clipped per-unit gradients to the running sum. Returns the forward's
+        output. Engines that differentiate the loss themselves (vmap) read ``batch``.
+        ``units``: rows that form one privacy unit, clipped once together (None: each row is
+        a unit; see ``dpresearch.privacy.units``)."""
         raise NotImplementedError
 
     def _clip_factors(self, norms: torch.Tensor) -> torch.Tensor:

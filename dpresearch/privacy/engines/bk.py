@@ -21,6 +21,7 @@ from torch import nn
 from dpresearch.privacy.engines.base import Engine, Factors, example_losses, float32
 from dpresearch.privacy.engines.bk_rules import OUTPUT_ONLY, RULES, PerExample, materialized
 from dpresearch.privacy.spec import PrivacyConfigError
+from dpresearch.privacy.units import Units
 
 
 def _unused(param: nn.Parameter, n: int) -> PerExample:
@@ -32,6 +33,12 @@ def _unused(param: nn.Parameter, n: int) -> PerExample:
 def _wide(sq: torch.Tensor) -> torch.Tensor:
     """Squared norms in float64 if they came so, else float32 (half-precision models)."""
     return sq if sq.dtype == torch.float64 else sq.float()
+
+
+def _unit_sq_norms(record: PerExample, units: Units) -> torch.Tensor:
+    """Squared norms of each unit's weighted sum of its rows' gradients (materialized)."""
+    grouped = units.group(_wide(record.per_example()))
+    return grouped.reshape(units.count, -1).pow(2).sum(1)
 
 
 def trainable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -119,7 +126,7 @@ class BookKeepingEngine(Engine):
                 out.append(materialized(p, total, "combined"))
         return out
 
-    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None, units: Units | None = None) -> Any:
         self._records.clear()
         for p in self.params:
             p.requires_grad_(False)
@@ -134,8 +141,12 @@ class BookKeepingEngine(Engine):
                 p.requires_grad_(True)
         with torch.no_grad():
             records = self._combined(len(example_losses(output)))
-            sq = torch.stack([_wide(r.sq_norms) for r in records], 1)
-            factor = self._clip_factors(sq.clamp(min=0).sqrt())
+            if units is None:
+                sq = torch.stack([_wide(r.sq_norms) for r in records], 1)
+                factor = self._clip_factors(sq.clamp(min=0).sqrt())
+            else:  # a unit's norm has its rows' cross terms: from materialized unit sums
+                sq = torch.stack([_unit_sq_norms(r, units) for r in records], 1)
+                factor = units.expand(self._clip_factors(sq.sqrt()))
             self._add([r.weighted_sum(factor[:, j]) for j, r in enumerate(records)])
             if not self.layer_modes:
                 names = {id(p): n for n, p in self.module.named_parameters()}

@@ -24,6 +24,7 @@ from dpresearch.privacy.engines.hooks import (
     unused_norms,
 )
 from dpresearch.privacy.spec import PrivacyConfigError
+from dpresearch.privacy.units import Units
 
 _OPACUS_EMBEDDING_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
 
@@ -42,6 +43,12 @@ PER_LAYER_REFUSAL = (
     "backward pass applies one per example: use clipping.engine=bk, hooks or vmap"
 )
 
+UNITS_REFUSAL = (
+    "privacy units of several rows (privacy.unit=user or privacy.augmentations > 1) clip each "
+    "unit's summed gradient, whose norm the ghost engine cannot compute (its per-row norms "
+    "lack the cross terms between a unit's rows): use clipping.engine=bk, hooks or vmap"
+)
+
 
 class GhostEngine(Engine):
     name = "ghost"
@@ -58,7 +65,9 @@ class GhostEngine(Engine):
         )
         rules_in_float32(self.gsm)
 
-    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None, units: Units | None = None) -> Any:
+        if units is not None:
+            raise PrivacyConfigError(UNITS_REFUSAL)
         for p in self.params:
             p._norm_sample = None  # an unused parameter keeps None: zero norm, not last step's
             p.grad = None

@@ -30,6 +30,7 @@ from dpresearch.privacy.engines.base import (
     float32,
     without_padding,
 )
+from dpresearch.privacy.units import Units
 
 _OPACUS_EMBEDDING_GRAD = GradSampleModule.GRAD_SAMPLERS[nn.Embedding]
 _OPACUS_EMBEDDING_NORM = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Embedding]
@@ -134,7 +135,7 @@ class HooksEngine(Engine):
         self.gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum", strict=True)
         rules_in_float32(self.gsm)
 
-    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None, units: Units | None = None) -> Any:
         for p in self.params:
             p.grad_sample = None
             p.grad = None
@@ -143,6 +144,9 @@ class HooksEngine(Engine):
         n = len(example_losses(output))
         # A trainable parameter no layer used has no grad_sample: zero for every example.
         grad_samples = [p.grad_sample for p in self.params]
+        if units is not None:  # each unit's weighted sum of its rows' gradients, clipped once
+            grad_samples = [None if g is None else units.group(g) for g in grad_samples]
+            n = units.count
         norms = torch.stack(
             [
                 g.reshape(n, -1).norm(2, dim=1)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from dpresearch.privacy.batching import split_batch
 from dpresearch.privacy.engines.base import Engine, Factors
 from dpresearch.privacy.spec import PrivacyConfigError
+from dpresearch.privacy.units import Units, split_units
 
 MEMORY_MB = 512.0  # per-example gradients held at once
 
@@ -71,16 +71,18 @@ class VmapEngine(Engine):
 
         self._grads = vmap(grad(loss_one), in_dims=(None, 0), randomness="different")
 
-    def run(self, forward: Callable[[], Any], batch: Any = None) -> Any:
+    def run(self, forward: Callable[[], Any], batch: Any = None, units: Units | None = None) -> Any:
         if batch is None:
             raise PrivacyConfigError("the vmap engine needs the physical batch itself")
         with torch.no_grad():
             output = forward()  # what Lightning logs; the gradients come from below
         params = {"inner." + n: p.detach() for n, p in zip(self._names, self.params)}
         seen = []
-        for rows in split_batch(batch, self.chunk):
+        for rows, chunk_units in split_units(batch, units, self.chunk):  # whole units
             grads = self._grads(params, rows)
             per = [grads[k] for k in params]
+            if chunk_units is not None:
+                per = [chunk_units.group(g) for g in per]
             k = len(per[0])
             norms = torch.stack([g.reshape(k, -1).norm(2, dim=1) for g in per], 1)
             factor = self._clip_factors(norms)

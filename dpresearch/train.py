@@ -417,6 +417,7 @@ def prepare(r: Run, multirun: bool) -> None:
         r.datamodule = build(cfg.dataset)
     datamodule = r.datamodule
     datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
+    datamodule.attach_views(privacy.augmentations)
     summary.update(
         dataset=r.choices.get("dataset", datamodule.name),
         model=r.choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),
@@ -440,7 +441,9 @@ def prepare(r: Run, multirun: bool) -> None:
                      noise)  # fmt: skip
     check = None
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
-        check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping).run
+        grouped = privacy.augmentations > 1  # units of several rows: checked as such
+        check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping,
+                          grouped).run  # fmt: skip
     plan = r.plan = choose_engine(plan, model, clipping, check)
     check_engine_precision(plan.engine, cfg.trainer.get("precision", "32-true"))
     summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},

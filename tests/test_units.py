@@ -129,3 +129,64 @@ def test_split_units_cuts_between_units_only() -> None:
 def test_units_refuse_a_unit_split_across_the_batch() -> None:
     with pytest.raises(ValueError, match="adjacent"):
         Units.from_ids(torch.tensor([1, 2, 1]))
+
+
+@pytest.mark.parametrize("engine", ["hooks", "bk", "vmap"])
+def test_the_strategy_clips_each_unit_once(engine: str) -> None:
+    """Through Lightning: a logical batch of units, cut into physical batches of at most 5
+    rows between units; sigma = 0, so the SGD step is -lr * (sum of clipped units) / E."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from dpresearch.data.base import TensorSet
+    from dpresearch.module import ClassificationModule
+    from tests.conftest import dp_strategy
+
+    torch.manual_seed(0)
+    model, (x, y) = MODELS["cnn"](), data("cnn", len(IDS))
+    spec = CLIPPINGS["fixed"]
+    want = brute_force_units(copy.deepcopy(model), x, y, IDS, WEIGHTS, spec)
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(TensorSet(x, y), batch_sampler=[list(range(len(IDS)))],
+                        collate_fn=lambda b: UnitBatch(b, IDS, WEIGHTS))  # fmt: skip
+    strategy = dp_strategy(0.0, spec.max_grad_norm, expected_batch_size=4, max_physical=5,
+                           engine=engine)  # fmt: skip
+    module = ClassificationModule(model, optimizer=partial(torch.optim.SGD, lr=1.0))
+    trainer = pl.Trainer(strategy=strategy, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    got = [(b - p.detach()) * 4 for b, p in zip(before, model.parameters())]
+    assert_sums_close(got, want)
+    assert strategy.step_examples == 4  # four real units
+
+
+def test_views_are_units_of_k_augmented_copies() -> None:
+    """privacy.augmentations=K: K views of each row, each example's views one unit with
+    weights 1/K (its gradient the average over views); the views differ (augmented); a
+    padding row stays padding."""
+    from dpresearch.data.digits import DigitsDataModule
+    from dpresearch.data.padding import PAD_LABEL
+
+    dm = DigitsDataModule(augment=True)
+    dm.attach_views(4)
+    dm.trainer = type("T", (), {"training": True})()
+    x = torch.randn(3, 1, 8, 8)
+    y = torch.tensor([1, 2, PAD_LABEL])
+    out = dm.on_after_batch_transfer((x, y), 0)
+    units = out.units()
+    assert units.count == 3 and units.sizes().tolist() == [4, 4, 4]
+    assert torch.allclose(out.weights, torch.full((12,), 0.25))
+    xs, ys = out.batch
+    assert ys.tolist() == [1] * 4 + [2] * 4 + [PAD_LABEL] * 4
+    assert len({tuple(v.flatten().tolist()) for v in xs[:4]}) > 1  # augmented differently
+    with pytest.raises(ValueError, match="dataset.augment=true"):
+        DigitsDataModule(augment=False).attach_views(2)
+
+
+def test_augmentations_is_checked_by_name() -> None:
+    from dpresearch.privacy.spec import DPSpec, PrivacyConfigError
+
+    for bad in (0, 2.5, "4"):
+        with pytest.raises(PrivacyConfigError, match="privacy.augmentations"):
+            DPSpec(augmentations=bad)

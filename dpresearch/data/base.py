@@ -8,13 +8,16 @@ Splits are fixed by ``split_seed``; the test split is touched only by ``trainer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from dpresearch.data.augmentation import with_views
 from dpresearch.data.padding import PAD_INDEX, PAD_LABEL
 from dpresearch.data.samplers import Sampling, Source, new_secret_key
+from dpresearch.privacy.units import UnitBatch
 
 
 class DataError(RuntimeError):
@@ -112,6 +115,19 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_batch_sampler = None
         self._restored_sampler: dict | None = None
         self._synthetic: int | None = None
+        self.views = 1  # augmentation multiplicity: set from privacy.augmentations
+
+    def attach_views(self, views: int) -> None:
+        """Train on ``views`` augmented views of each sampled example, averaged per example
+        before clipping (privacy.augmentations); views of one example are identical copies
+        without augmentation, so that is refused."""
+        if views > 1 and not self.augment:
+            raise ValueError(
+                f"privacy.augmentations={views} averages {views} augmented views of each example, "
+                f"but dataset.augment=false would make them identical copies: set "
+                "dataset.augment=true (or privacy.augmentations=1)"
+            )
+        self.views = views
 
     def attach_sampler(self, sampler: Sampling, seed: int | None) -> None:
         """How training batches are drawn (the ``sampler`` group): seeded by the run, or with
@@ -239,7 +255,15 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.augment and self.trainer is not None and self.trainer.training:
-            x, y = batch
-            return self.augmentation(x), y
-        return batch
+        """Training batches: K views of each row (privacy.augmentations), then augmented."""
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        if self.views > 1:
+            batch = with_views(batch, self.views)
+        if not self.augment:
+            return batch
+        if isinstance(batch, UnitBatch):
+            (x, y) = batch.batch
+            return replace(batch, batch=(self.augmentation(x), y))
+        x, y = batch
+        return self.augmentation(x), y

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dpresearch.data.augmentation import random_shift
 from dpresearch.data.base import ClassificationDataModule, normalizer
 
 
@@ -36,3 +37,7 @@ class DigitsDataModule(ClassificationDataModule):
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self._transform(x)
+
+    def augmentation(self, x: torch.Tensor) -> torch.Tensor:
+        """dataset.augment=true: each image shifted by up to one pixel each way (of 8)."""
+        return random_shift(x, 1)

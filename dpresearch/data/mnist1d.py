@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dpresearch.data.augmentation import random_shift
 from dpresearch.data.base import ClassificationDataModule
 
 
@@ -31,3 +32,8 @@ class MNIST1DDataModule(ClassificationDataModule):
             return torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y).long()
 
         return (*tensors(data["x"], data["y"]), *tensors(data["x_test"], data["y_test"]))
+
+    def augmentation(self, x: torch.Tensor) -> torch.Tensor:
+        """dataset.augment=true: each sequence shifted by up to 3 positions (of 40), as the
+        generator itself shifts its templates."""
+        return random_shift(x, 3)

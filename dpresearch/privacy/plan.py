@@ -36,6 +36,7 @@ class PrivacyPlan:
     participation_period: int = 1  # any two steps of one example are at least this far apart
     participations: int | None = None  # the steps one example can join: what is accounted
     noise: dict | None = None  # the noise mechanism (summary.json's ``noise``)
+    augmentations: int = 1  # views per example, averaged before clipping (one unit)
     noise_multiplier: float | None = None
     max_grad_norm: float | None = None
     delta: float | None = None
@@ -93,6 +94,7 @@ def make_plan(
     if not privacy.enabled:
         return plan
     privacy.check_dataset(num_train)
+    plan.augmentations = privacy.augmentations
     plan.participation_period = period = sampling.participation_period
     plan.participations = k = sampling.participations(steps)
     plan.noise = noise.record(steps, period)

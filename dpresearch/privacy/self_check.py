@@ -29,6 +29,7 @@ from torch import nn
 
 from dpresearch.privacy.batching import batch_size, split_batch
 from dpresearch.privacy.engines import make_engine
+from dpresearch.privacy.units import Units, split_units
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,19 @@ class SelfCheck:
     """Brute-force per-example gradients of one model on one synthetic batch, computed once,
     against which each engine is checked."""
 
-    def __init__(self, model: nn.Module, loss: LossFn, batch: Any, clipping: Any):
+    def __init__(self, model: nn.Module, loss: LossFn, batch: Any, clipping: Any,
+                 grouped: bool = False):  # fmt: skip
+        """``grouped``: the run's privacy units span several rows (users, augmented views):
+        the check then clips units of two rows (weights 1/2, the last unit one row), so the
+        engine's unit norms, with their cross terms, are checked too."""
         self.clipping = clipping
         self.batch_n = batch_size(batch)
         if self.batch_n < 2:
             raise ValueError("the self-check needs at least 2 examples")
+        self.units = None
+        if grouped:
+            ids = torch.arange(self.batch_n) // 2
+            self.units = Units.from_ids(ids, torch.full((self.batch_n,), 0.5))
         self._model, self._loss, self._batch = model, loss, batch
         self.module: LossModule | None = None  # built on first use, inside its timing
 
@@ -133,12 +142,18 @@ class SelfCheck:
         names = {id(p): n.removeprefix("model.") for n, p in self.module.named_parameters()}
         self.names = [names[id(p)] for p in self.params]
         self.grads = self._brute_force()
-        self.norms = torch.stack(  # (N, P)
+        if self.units is not None:  # each unit's weighted sum of its rows' gradients
+            self.grads = [
+                [self.units.group(torch.stack([g[j] for g in self.grads]))[u]
+                 for j in range(len(self.params))]
+                for u in range(self.units.count)
+            ]  # fmt: skip
+        self.norms = torch.stack(  # (units, P)
             [torch.stack([g[j].norm() for j in range(len(self.params))]) for g in self.grads]
         )
         f = _factors(self.clipping, self.norms)
         self.sums = [
-            sum(f[i, j] * self.grads[i][j] for i in range(self.batch_n))
+            sum(f[i, j] * self.grads[i][j] for i in range(len(self.grads)))
             for j in range(len(self.params))
         ]
         self._model = self._batch = None
@@ -191,8 +206,8 @@ class SelfCheck:
             eng = make_engine(engine, module, self.clipping.factors, self.clipping.per_layer)
             norms = []
             half = math.ceil(self.batch_n / 2)  # two physical batches: state must not leak
-            for chunk in split_batch(self.batch, half):
-                eng.run(lambda chunk=chunk: module.step(chunk), chunk)
+            for chunk, units in split_units(self.batch, self.units, half):
+                eng.run(lambda chunk=chunk: module.step(chunk), chunk, units)
                 norms.append(eng.last_param_norms.to(self.norms.dtype))
             sums = eng.take_sums()
             self._compare(result, torch.cat(norms), sums)

@@ -32,6 +32,10 @@ class DPSpec:
     # the OS's cryptographic generator, never recorded (not reproducible).
     randomness: str = "seeded"
     secure_rng: bool | None = None  # replaced by ``randomness``; set, it is refused by name
+    # Augmentation multiplicity (De et al. 2022): each sampled example is augmented K times and
+    # its gradient averaged over the K views BEFORE clipping: one unit, one clipped
+    # contribution, the accountant unchanged (dpresearch.privacy.units).
+    augmentations: int = 1
 
     enabled = True
 
@@ -75,6 +79,11 @@ class DPSpec:
             )
         if not (0 < self.delta < 1):
             raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+        if not (isinstance(self.augmentations, int) and self.augmentations >= 1):
+            raise PrivacyConfigError(
+                f"privacy.augmentations must be an integer >= 1 (views per example, 1: no "
+                f"multiplicity), got {self.augmentations!r}"
+            )
 
     def sampler_seed(self, seed: int) -> int | None:
         """The sampler's seed, or None: a secret key drawn at training time."""
@@ -95,6 +104,7 @@ class NoPrivacy:
 
     enabled = False
     randomness = "seeded"
+    augmentations = 1
 
     def sampler_seed(self, seed: int) -> int:
         return seed

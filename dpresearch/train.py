@@ -27,6 +27,7 @@ from dpresearch.atomic import write_atomic
 from dpresearch.checkpointing import LAST, AtomicCheckpointIO, RandomState, checkpoint_callback
 from dpresearch.compiling import compile_model
 from dpresearch.config_types import check_config_types
+from dpresearch.data.users import user_sampling
 from dpresearch.divergence import Diverged, DivergenceGuard
 from dpresearch.extras import Extras
 from dpresearch.finetune import parameter_counts
@@ -416,7 +417,9 @@ def prepare(r: Run, multirun: bool) -> None:
     if r.datamodule is None:  # the benchmark brings one holding synthetic data
         r.datamodule = build(cfg.dataset)
     datamodule = r.datamodule
-    datamodule.attach_sampler(sampling, privacy.sampler_seed(cfg.seed))
+    by_user = privacy.unit == "user"  # users are sampled, and clipped, not examples
+    drawn = user_sampling(sampling, privacy.examples_per_user) if by_user else sampling
+    datamodule.attach_sampler(drawn, privacy.sampler_seed(cfg.seed))
     datamodule.attach_views(privacy.augmentations)
     summary.update(
         dataset=r.choices.get("dataset", datamodule.name),
@@ -437,17 +440,24 @@ def prepare(r: Run, multirun: bool) -> None:
     r.selection = private_selection(cfg.get("sweep_trial"), privacy.enabled,
                                     datamodule.public_validation)  # fmt: skip
     noise = build(cfg.noise) if "noise" in cfg else None
-    plan = make_plan(privacy, clipping, sampling, datamodule.num_train, cfg.trainer, r.selection,
-                     noise)  # fmt: skip
+    units = datamodule.num_users if by_user else datamodule.num_train  # the accountant's N
+    if units is None:
+        raise ValueError(
+            f"privacy.unit=user needs each training example's user; dataset {datamodule.name} "
+            "has none: set dataset.users=<count> (synthetic users, dataset.user_skew)"
+        )
+    plan = make_plan(privacy, clipping, sampling, units, cfg.trainer, r.selection, noise)
     check = None
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record
-        grouped = privacy.augmentations > 1  # units of several rows: checked as such
+        grouped = privacy.augmentations > 1 or by_user  # units of several rows: so checked
         check = SelfCheck(model, classification_losses, datamodule.check_batch(), clipping,
                           grouped).run  # fmt: skip
     plan = r.plan = choose_engine(plan, model, clipping, check)
     check_engine_precision(plan.engine, cfg.trainer.get("precision", "32-true"))
     summary.update({k: v for k, v in plan.to_dict().items() if k != "private"},
                    num_train=datamodule.num_train)  # fmt: skip
+    if by_user:
+        summary.update(num_users=units, examples_per_user=privacy.examples_per_user)
     if summary.get("noise"):  # what the mechanism keeps between steps: buffers x parameters
         buffers = summary["noise"].get("buffers", 0)
         summary["noise"]["state_mb"] = buffers * summary["trainable_params"] * 4 / 2**20

@@ -48,6 +48,7 @@ class TensorSet(Dataset):
         if sizes != {len(y)}:
             raise ValueError(f"{sorted(sizes)} inputs but {len(y)} labels")
         self.x, self.y, self.transform = x, y, transform
+        self.users: torch.Tensor | None = None  # each example's user (user-level DP)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,7 +57,13 @@ class TensorSet(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, idx: list[int]):
-        index = torch.as_tensor(idx, dtype=torch.long)
+        """The rows ``idx``; a batch sampler that groups rows into privacy units (users)
+        gives each row's unit as ``idx.unit_ids``, and the rows come as a ``UnitBatch``."""
+        batch = self._rows(torch.as_tensor(idx, dtype=torch.long))
+        unit_ids = getattr(idx, "unit_ids", None)
+        return batch if unit_ids is None else UnitBatch(batch, torch.as_tensor(unit_ids))
+
+    def _rows(self, index: torch.Tensor):
         pad = index == PAD_INDEX
         if not pad.any():
             x = take(self.x, index)
@@ -65,6 +72,14 @@ class TensorSet(Dataset):
         _zero_rows(x, pad)  # padding: zero input, ignored label
         y[pad] = PAD_LABEL
         return (self.transform(x) if self.transform else x), y
+
+
+def synthetic_users(n: int, users: int, skew: float, seed: int) -> torch.Tensor:
+    """``n`` examples' user ids in 0..users-1: user u drawn with probability proportional to
+    (u + 1)^-skew (0: uniform; 1: Zipf-like, a few users hold many examples)."""
+    weights = torch.arange(1, users + 1, dtype=torch.float64).pow(-skew)
+    generator = torch.Generator().manual_seed(seed + 7919)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
 def _identity_collate(batch):
@@ -97,8 +112,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int = 512,
         augment: bool = False,
         public_validation: bool = False,
+        users: int | None = None,
+        user_skew: float = 0.0,
     ):
         super().__init__()
+        # Synthetic users for user-level DP experiments: each training example gets one of
+        # ``users`` users, drawn with probability ~ (rank + 1)^-user_skew (0: uniform).
+        if users is not None and not (isinstance(users, int) and users >= 1):
+            raise ValueError(f"dataset.users must be an integer >= 1 or null, got {users!r}")
+        if not (isinstance(user_skew, (int, float)) and user_skew >= 0):
+            raise ValueError(f"dataset.user_skew must be a number >= 0, got {user_skew!r}")
+        self.users, self.user_skew = users, float(user_skew)
         # The validation split is carved from the same pool as the training set. Declared
         # public, its metrics may be released as they are; otherwise they are non-private
         # releases about the pool's people, marked so in every record.
@@ -194,6 +218,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set = TensorSet(take(x, train_idx), y[train_idx], self.transform)
         self.val_set = TensorSet(take(x, val_idx), y[val_idx], self.transform)
         self.test_set = TensorSet(x_test, y_test, self.transform)
+        users = self.example_users(train_idx)
+        if users is not None:
+            self.train_set.users = users
         if self.sampler is None:
             raise RuntimeError("attach_sampler(...) before setup(): no training sampler")
 
@@ -204,6 +231,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set = TensorSet(*self.synthetic_batch(n, 0))
         self.val_set = TensorSet(*self.synthetic_batch(evaluation, 1))
         self.test_set = TensorSet(*self.synthetic_batch(evaluation, 2))
+
+    def example_users(self, train_idx: torch.Tensor) -> torch.Tensor | None:
+        """Each training example's user id (None: the data has no users). Here synthetic,
+        from ``dataset.users`` and ``dataset.user_skew``, fixed by ``split_seed``; a dataset
+        whose records name their users overrides this."""
+        if self.users is None:
+            return None
+        return synthetic_users(len(train_idx), self.users, self.user_skew, self.split_seed)
+
+    @property
+    def num_users(self) -> int | None:
+        """Users with at least one training example (the accountant's population under
+        user-level DP); None when the data has no users."""
+        if self.train_set is None:
+            self.setup("fit")
+        users = self.train_set.users
+        return None if users is None else len(torch.unique(users))
 
     @property
     def num_train(self) -> int:

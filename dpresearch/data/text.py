@@ -36,9 +36,12 @@ class TextDataModule(ClassificationDataModule):
         split_seed: int = 0,
         eval_batch_size: int = 256,
         public_validation: bool = False,
+        users: int | None = None,
+        user_skew: float = 0.0,
     ):
         super().__init__(val_fraction, split_seed, eval_batch_size, augment=False,
-                         public_validation=public_validation)  # fmt: skip
+                         public_validation=public_validation, users=users,
+                         user_skew=user_skew)  # fmt: skip
         if max_length < 2:
             raise ValueError(f"dataset.max_length must be >= 2, got {max_length}")
         self.tokenizer_name = tokenizer

@@ -37,6 +37,7 @@ class PrivacyPlan:
     participations: int | None = None  # the steps one example can join: what is accounted
     noise: dict | None = None  # the noise mechanism (summary.json's ``noise``)
     augmentations: int = 1  # views per example, averaged before clipping (one unit)
+    privacy_unit: str = "example"  # what epsilon protects: one example, or one user's all
     noise_multiplier: float | None = None
     max_grad_norm: float | None = None
     delta: float | None = None
@@ -95,6 +96,7 @@ def make_plan(
         return plan
     privacy.check_dataset(num_train)
     plan.augmentations = privacy.augmentations
+    plan.privacy_unit = privacy.unit
     plan.participation_period = period = sampling.participation_period
     plan.participations = k = sampling.participations(steps)
     plan.noise = noise.record(steps, period)

@@ -11,6 +11,7 @@ from dpresearch.privacy.accounting import ACCOUNTANTS
 
 ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk", "vmap")
 RANDOMNESS = ("seeded", "secure")
+UNITS = ("example", "user")
 MAX_NOISE_MULTIPLIER = 1e6
 
 
@@ -36,6 +37,11 @@ class DPSpec:
     # its gradient averaged over the K views BEFORE clipping: one unit, one clipped
     # contribution, the accountant unchanged (dpresearch.privacy.units).
     augmentations: int = 1
+    # The privacy unit: ``example`` (one example in or out) or ``user`` (all of one user's
+    # examples): users are sampled, each contributes up to ``examples_per_user`` examples,
+    # clipped together once, and epsilon is user-level.
+    unit: str = "example"
+    examples_per_user: int = 8
 
     enabled = True
 
@@ -79,6 +85,13 @@ class DPSpec:
             )
         if not (0 < self.delta < 1):
             raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+        if self.unit not in UNITS:
+            raise PrivacyConfigError(f"privacy.unit={self.unit!r} is not one of {list(UNITS)}")
+        if not (isinstance(self.examples_per_user, int) and self.examples_per_user >= 1):
+            raise PrivacyConfigError(
+                "privacy.examples_per_user must be an integer >= 1 (the most examples of one "
+                f"user in a step), got {self.examples_per_user!r}"
+            )
         if not (isinstance(self.augmentations, int) and self.augmentations >= 1):
             raise PrivacyConfigError(
                 f"privacy.augmentations must be an integer >= 1 (views per example, 1: no "
@@ -105,6 +118,7 @@ class NoPrivacy:
     enabled = False
     randomness = "seeded"
     augmentations = 1
+    unit = "example"
 
     def sampler_seed(self, seed: int) -> int:
         return seed

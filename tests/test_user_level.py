@@ -80,10 +80,8 @@ def test_ranks_split_the_users_of_one_global_batch() -> None:
     for t in range(20):
         by_rank = [set(ranks[r][t]) for r in (0, 1)]
         assert by_rank[0] | by_rank[1] == set(one[t]) and not by_rank[0] & by_rank[1]
-        for r in (0, 1):  # whole users on each rank
-            owners = {int(users[i]) for i in ranks[r][t]}
-            assert all(set(users[torch.as_tensor(ranks[1 - r][t])].tolist()).isdisjoint(owners)
-                       for _ in [0])  # fmt: skip
+        owners = [{int(users[i]) for i in ranks[r][t]} for r in (0, 1)]
+        assert owners[0].isdisjoint(owners[1])  # each user whole on one rank
 
 
 def test_masked_user_batches_have_static_units_and_shapes() -> None:
@@ -124,8 +122,8 @@ def test_user_level_refusals_name_the_key() -> None:
     with pytest.raises(ValueError, match="privacy.examples_per_user=300"):
         user_sampling(PoissonSampling(max_physical_batch_size=256), 300)
     with pytest.raises(ValueError, match="dataset.users"):
-        user_sampling(ShuffleSampling(), 2).build(10, 0, dataset=TensorSet(torch.zeros(10, 1),
-                                                                           torch.zeros(10).long()))  # fmt: skip
+        no_users = TensorSet(torch.zeros(10, 1), torch.zeros(10).long())
+        user_sampling(ShuffleSampling(), 2).build(10, 0, dataset=no_users)
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

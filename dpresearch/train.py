@@ -446,6 +446,12 @@ def prepare(r: Run, multirun: bool) -> None:
             f"privacy.unit=user needs each training example's user; dataset {datamodule.name} "
             "has none: set dataset.users=<count> (synthetic users, dataset.user_skew)"
         )
+    if by_user and sampling.expected_batch_size > units:
+        raise ValueError(
+            f"sampler.expected_batch_size={sampling.expected_batch_size} counts USERS per step "
+            f"under privacy.unit=user, but the training set has {units} users: lower "
+            "sampler.expected_batch_size (or raise dataset.users)"
+        )
     plan = make_plan(privacy, clipping, sampling, units, cfg.trainer, r.selection, noise)
     check = None
     if privacy.enabled and clipping.self_check:  # synthetic examples: reads no record

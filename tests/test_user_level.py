@@ -148,6 +148,8 @@ def test_a_user_level_run_accounts_users(tmp_path) -> None:
     want = compute_epsilon(30 / users, s["noise_multiplier"], s["steps"], 1e-5, "prv")
     assert s["epsilon"] == pytest.approx(want.epsilon, rel=1e-6)
     assert s["self_check"]["passed"]
+    statement = (tmp_path / "privacy_statement.md").read_text()
+    assert "DP for each user (user-level" in statement and "add/remove one user" in statement
 
 
 def test_user_level_without_users_is_refused_by_name(tmp_path) -> None:

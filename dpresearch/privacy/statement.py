@@ -193,11 +193,19 @@ def privacy_statement(facts: RunFacts) -> dict:
     if facts.resumed_steps:
         covered += (f", of which {facts.resumed_steps} were taken before the resume (their "
                     "epsilon is included)")  # fmt: skip
+    by_user = s.get("privacy_unit") == "user"
     statement.update(
-        guarantee=guarantee(s.get("epsilon"), delta, poisson),
-        unit="example",
-        neighbouring_relation="add/remove one example (the accountants analyse the "
-        "Poisson-subsampled Gaussian under add/remove)",
+        guarantee=guarantee(s.get("epsilon"), delta, poisson, "user" if by_user else "example"),
+        unit="user" if by_user else "example",
+        neighbouring_relation=(
+            "add/remove one user with all of their examples: users are Poisson-sampled, "
+            f"each sampled user contributes up to {s.get('examples_per_user')} of their "
+            "examples, whose summed gradient is clipped once (the accountants analyse the "
+            "Poisson-subsampled Gaussian over users)"
+            if by_user
+            else "add/remove one example (the accountants analyse the "
+            "Poisson-subsampled Gaussian under add/remove)"
+        ),  # fmt: skip
         data_accesses={
             "covered": covered,
             "sweep": sweep_text(facts),
@@ -226,6 +234,12 @@ def privacy_statement(facts: RunFacts) -> dict:
             "clipping": s.get("clipping"),
             "engine": s.get("engine"),
             "per_example_gradients": per_example_gradients(s.get("self_check")),
+            "augmentations": (
+                f"{s['augmentations']} augmented views of each sampled example, their gradients "
+                "averaged before clipping (one clipped contribution per example)"
+                if (s.get("augmentations") or 1) > 1
+                else "1 (no augmentation multiplicity)"
+            ),  # fmt: skip
             "max_grad_norm": s.get("max_grad_norm"),
             "noise_multiplier": s.get("noise_multiplier"),
             "noise_std": "noise_multiplier * max_grad_norm, on the sum of clipped gradients",
@@ -249,7 +263,10 @@ def privacy_statement(facts: RunFacts) -> dict:
             "epsilon_lower": s.get("epsilon_lower"),
             "delta": delta,
             "num_train": n,
-            "delta_times_n": delta * n if delta and n else None,
+            **({"num_users": s.get("num_users")} if by_user else {}),
+            "delta_times_n": (
+                delta * (s.get("num_users") if by_user else n) if delta and n else None
+            ),
             "note": s.get("accountant_note"),
             "reported": "an upper bound: the larger of the PRV and PLD bounds (or RDP where "
             "tighter; the exact Gaussian composition at q=1)",
@@ -281,12 +298,15 @@ def per_example_gradients(check: dict | None) -> str:
             f"error {check.get('max_rel_error'):.1e}, {check.get('dtype')})")  # fmt: skip
 
 
-def guarantee(epsilon: float | str | None, delta: float | None, poisson: bool) -> str:
+def guarantee(epsilon: float | str | None, delta: float | None, poisson: bool,
+              unit: str = "example") -> str:  # fmt: skip
     if not poisson:
         return "none proven: the sampler does not match the accountant"
     if epsilon is None or delta is None:
         return "not computed: the run ended before its privacy was accounted"
     eps = f"{epsilon:.4g}" if isinstance(epsilon, float) else str(epsilon)
+    if unit == "user":
+        return f"({eps}, {delta:g})-DP for each user (user-level: all of a user's examples)"
     return f"({eps}, {delta:g})-DP for each training example"
 
 
@@ -335,6 +355,9 @@ def sampler_note(s: dict, poisson: bool) -> str:
                 "each with probability q; the accountant composes its "
                 f"{s.get('participations')} possible participations at q (amplified BandMF, "
                 "Choquette-Choo et al. 2023, Thm. 4)")  # fmt: skip
+    if poisson and s.get("privacy_unit") == "user":
+        return ("each user joins each step independently with probability q (expected users "
+                "per step / users)")  # fmt: skip
     if poisson:
         return "each example joins each step independently with probability q"
     return ("fixed-size shuffled batches: the reported epsilon assumes Poisson sampling and is "

@@ -536,6 +536,8 @@ def fit(r: Run) -> None:
     if isinstance(strategy, DPStepping):
         summary["stopped_by_budget"] = strategy.stopped_by_budget
         summary["noise_multiplier"] = strategy.noise_multiplier  # a resume keeps the ckpt's
+        if strategy.adaptive is not None:  # where the adaptive threshold ended
+            summary["final_max_grad_norm"] = strategy.clip_norm
         if summary.get("noise"):  # ... and its noise strategy (coefficients, BLT parameters)
             used = strategy.noise_stream.state_dict()
             summary["noise"] = {**summary["noise"], **{k: list(used[k]) for k in

@@ -112,9 +112,13 @@ def test_ddp_misuse_is_refused_before_training(compose_cfg, monkeypatch) -> None
      ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "noise=banded_mf",
       "noise.bands=2"],
      ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "noise=blt",
-      "noise.buffers=2"]],
+      "noise.buffers=2"],
+     ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "clipping=adaptive",
+      "clipping.max_grad_norm=0.1"],
+     [*NOISELESS, "privacy.unit=user", "dataset.users=300", "dataset.user_skew=1.0",
+      "privacy.examples_per_user=4", "sampler.expected_batch_size=40", "clipping.engine=bk"]],
     ids=["hooks", "ghost", "bk", "automatic-bk", "masked-bk", "bias_only-hooks", "nonprivate",
-         "noisy-auto", "noisy-banded_mf", "noisy-blt"],
+         "noisy-auto", "noisy-banded_mf", "noisy-blt", "noisy-adaptive", "user-bk"],
 )  # fmt: skip
 def test_two_processes_equal_one_process(method, compose_cfg, tmp_path) -> None:
     """Noise 0: after an epoch of SGD steps the parameters of 2 gloo processes equal those of

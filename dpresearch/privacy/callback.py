@@ -32,6 +32,8 @@ class PrivacyMetrics(pl.Callback):
         pl_module.log("dp_steps", float(strategy.dp_steps), sync_dist=True)
         pl_module.log("noise_multiplier", strategy.noise_multiplier, sync_dist=True)
         pl_module.log("sample_rate", strategy.sample_rate, sync_dist=True)
+        if strategy.adaptive is not None:  # post-processing of the noised counts: covered
+            pl_module.log("clip_norm", strategy.clip_norm, sync_dist=True)
 
 
 def dp_state_digest(state: dict) -> str:

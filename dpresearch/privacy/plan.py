@@ -14,7 +14,13 @@ from dpresearch.privacy.accounting import calibrate_noise, compute_epsilon
 from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
 from dpresearch.privacy.mechanisms.streams import Accounted
 from dpresearch.privacy.selection import PrivateSelection
-from dpresearch.privacy.spec import Clipping, DPSpec, NoPrivacy, PrivacyConfigError
+from dpresearch.privacy.spec import (
+    AdaptiveClipping,
+    Clipping,
+    DPSpec,
+    NoPrivacy,
+    PrivacyConfigError,
+)
 from dpresearch.privacy.strategy import DPStrategy, PhysicalBatching, PhysicalBatchStrategy
 from dpresearch.privacy.validation import Check, select_engine
 from dpresearch.trainer_settings import run_length
@@ -39,6 +45,9 @@ class PrivacyPlan:
     augmentations: int = 1  # views per example, averaged before clipping (one unit)
     privacy_unit: str = "example"  # what epsilon protects: one example, or one user's all
     noise_multiplier: float | None = None
+    # Adaptive clipping: the gradient's own multiplier (above sigma) and the count's noise std.
+    gradient_noise_multiplier: float | None = None
+    count_noise: float | None = None
     max_grad_norm: float | None = None
     delta: float | None = None
     accountant: str | None = None
@@ -75,8 +84,15 @@ def make_plan(
             "or leave noise at its default"
         )
     q = sampling.sample_rate(num_train)
+    adaptive = isinstance(clipping, AdaptiveClipping)
     if privacy.enabled:
         noise.check_sampler(sampling)
+        if adaptive and noise.name != "independent":
+            raise PrivacyConfigError(
+                f"clipping=adaptive with noise={noise.name}: the count's independent noise and "
+                "the gradient's correlated noise are not accounted together; use "
+                "noise=independent, or clipping=fixed"
+            )
     length = run_length(trainer, sampling.steps_per_epoch(num_train))
     steps = length.steps
     if length.debug and privacy.enabled and privacy.target_epsilon is not None:
@@ -120,6 +136,11 @@ def make_plan(
     planned = compute_epsilon(*stream.accounted(q, sigma, steps, period), privacy.delta,
                               privacy.accountant)  # fmt: skip
     plan.noise_multiplier = sigma
+    if adaptive:  # refused here if the count's noise alone would exceed the budget
+        plan.gradient_noise_multiplier = clipping.gradient_multiplier(
+            sigma, sampling.expected_batch_size
+        )
+        plan.count_noise = clipping.count_std(sampling.expected_batch_size)
     plan.max_grad_norm = clipping.max_grad_norm
     plan.delta = privacy.delta
     plan.accountant = privacy.accountant  # requested; summary.json says which answered
@@ -206,5 +227,6 @@ def build_strategy(
         noise=noise or IndependentNoise(),
         noise_steps=plan.steps,
         participation_period=plan.participation_period,
+        adaptive=clipping if isinstance(clipping, AdaptiveClipping) else None,
         **where,
     )

@@ -205,3 +205,86 @@ class PerLayerClipping(Clipping):
         """(N, P) per-example, per-parameter norms -> (N, P) factors."""
         threshold = self.max_grad_norm / math.sqrt(norms.shape[1])
         return (threshold / (norms + 1e-6)).clamp(max=1.0)
+
+
+@dataclass
+class AdaptiveClipping(FixedClipping):
+    """Quantile-based adaptive clipping (Andrew et al., NeurIPS 2021): flat clipping whose
+    threshold follows the ``target_quantile`` of the per-unit gradient norms. After each step,
+    C <- C * exp(-learning_rate * (b - target_quantile)), where b is the NOISY fraction of
+    units whose norm was at most C: (sum_i (1[||g_i|| <= C] - 1/2) + N(0, count_noise^2)) / E
+    + 1/2, E the expected batch size. Each unit moves the centred count by at most 1/2, so
+    the gradient sum (sensitivity C, noise sigma_g C) and the count (sensitivity 1/2, noise
+    count_noise) are together one Gaussian mechanism of noise multiplier sigma, where
+    sigma^-2 = sigma_g^-2 + (2 count_noise)^-2 (the paper's Thm. 1): the accountant composes
+    sigma, and the gradient's noise is raised to sigma_g to pay for the count.
+
+    ``max_grad_norm`` is the initial threshold. ``count_noise`` null: E / 20, the paper's
+    choice. Flat clipping only: automatic clipping has no threshold to adapt (C only scales
+    its update) and per-layer clipping would need one quantile per layer."""
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise: float | None = None
+
+    name = "adaptive"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.target_quantile, (int, float)) and 0 < self.target_quantile < 1):
+            raise PrivacyConfigError(
+                f"clipping.target_quantile must be in (0, 1), got {self.target_quantile!r}"
+            )
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise PrivacyConfigError(
+                f"clipping.learning_rate must be > 0, got {self.learning_rate!r}"
+            )
+        if self.count_noise is not None and not (
+            isinstance(self.count_noise, (int, float)) and self.count_noise >= 0
+        ):
+            raise PrivacyConfigError(
+                f"clipping.count_noise must be >= 0 or null, got {self.count_noise!r}"
+            )
+        self.initial = float(self.max_grad_norm)
+        self.counting = False  # on while training: the self-check's calls do not count
+        self._count: torch.Tensor | None = None
+
+    def count_std(self, expected_batch_size: int) -> float:
+        if self.count_noise is not None:
+            return float(self.count_noise)
+        return expected_batch_size / 20
+
+    def gradient_multiplier(self, sigma: float, expected_batch_size: int) -> float:
+        """sigma_g with sigma_g^-2 + (2 count_std)^-2 = sigma^-2 (0 when sigma is 0: no
+        privacy is asked for, and the count is then not noised either)."""
+        if sigma == 0:
+            return 0.0
+        count = self.count_std(expected_batch_size)
+        if 2 * count <= sigma:
+            raise PrivacyConfigError(
+                f"clipping=adaptive: the count's noise {count:g} must exceed noise_multiplier / 2 "
+                f"= {sigma / 2:g}, or it alone spends the whole budget; raise "
+                "clipping.count_noise (or the expected batch size)"
+            )
+        return (sigma**-2 - (2 * count) ** -2) ** -0.5
+
+    def factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """Flat clipping at the current C; while training, counts the units it leaves
+        unclipped, centred (a unit of norm exactly 0, a padding row, counts 0)."""
+        if self.counting:
+            real = norms > 0
+            unclipped = (real & (norms <= self.max_grad_norm)).sum() - 0.5 * real.sum()
+            self._count = unclipped if self._count is None else self._count + unclipped
+        return super().factors(norms)
+
+    def take_count(self, device: torch.device) -> torch.Tensor:
+        """This step's centred count of unclipped units (on this process), and reset it."""
+        count = self._count if self._count is not None else torch.zeros(())
+        self._count = None
+        return count.to(device=device, dtype=torch.float64).reshape(1)
+
+    def update(self, noised_count: float, expected_batch_size: int) -> float:
+        """The paper's geometric step from the noised centred count; returns the new C."""
+        unclipped = noised_count / expected_batch_size + 0.5
+        self.max_grad_norm *= math.exp(-self.learning_rate * (unclipped - self.target_quantile))
+        return self.max_grad_norm

@@ -110,6 +110,9 @@ def _metric(name: str, facts: RunFacts) -> dict:
         return {"what": f"metric {name}", "covered": False, "why": why}
     if name in PUBLIC_PARAMETERS:
         why = "a function of the mechanism's public parameters (sigma, q, steps, delta)"
+    elif name == "clip_norm":
+        why = ("adaptive clipping's threshold: a function of the noised counts of unclipped "
+               "examples, which the accountant covers (post-processing)")  # fmt: skip
     elif name == "train_examples_per_s":
         why = "counts the public expected batch size per step, not the realised batches"
         if facts.randomness is None:
@@ -242,7 +245,13 @@ def privacy_statement(facts: RunFacts) -> dict:
             ),  # fmt: skip
             "max_grad_norm": s.get("max_grad_norm"),
             "noise_multiplier": s.get("noise_multiplier"),
-            "noise_std": "noise_multiplier * max_grad_norm, on the sum of clipped gradients",
+            "noise_std": "noise_multiplier * max_grad_norm, on the sum of clipped gradients"
+            if s.get("clipping") != "adaptive"
+            else f"gradient_noise_multiplier ({s.get('gradient_noise_multiplier')}) times the "
+            "step's adaptive threshold on the sum of clipped gradients, and "
+            f"count_noise ({s.get('count_noise')}) on the centred count of unclipped "
+            "examples: together one Gaussian mechanism of multiplier noise_multiplier "
+            "(Andrew et al. 2021, Thm. 1), which is what the accountant composes",
             "normaliser": f"the public constant expected_batch_size={s.get('expected_batch_size')}"
             " (not the realised batch size)",
             "sample_rate": s.get("sample_rate"),

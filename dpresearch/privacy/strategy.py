@@ -37,7 +37,8 @@ from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.budget import BudgetGuard
 from dpresearch.privacy.engines import Engine, make_engine
 from dpresearch.privacy.mechanisms import IndependentNoise, NoiseMechanism
-from dpresearch.privacy.spec import FixedClipping, PrivacyConfigError
+from dpresearch.privacy.noise import gaussian
+from dpresearch.privacy.spec import AdaptiveClipping, FixedClipping, PrivacyConfigError
 from dpresearch.privacy.step import StepHook, accumulate, clipped_sum, gradients, noised, release
 from dpresearch.privacy.units import Units, real_units, split_units, unwrap
 
@@ -156,9 +157,13 @@ class DPStepping(PhysicalBatching):
         noise: NoiseMechanism | None = None,
         noise_steps: int | None = None,
         participation_period: int = 1,
+        adaptive: AdaptiveClipping | None = None,
         **strategy_kwargs: Any,
     ):
         super().__init__(max_physical_batch_size, **strategy_kwargs)
+        # Adaptive clipping: its threshold moves each step (from a noisy count the accountant
+        # covers); ``max_grad_norm`` stays the initial one, ``clip_norm`` is the current one.
+        self.adaptive = adaptive
         # The noise mechanism and its state between steps (used on the process that adds
         # noise); examples join at most one step in participation_period (see epsilon_after).
         self.noise = noise or IndependentNoise()
@@ -201,6 +206,8 @@ class DPStepping(PhysicalBatching):
         )
         for hook in self.step_hooks:
             hook.on_engine(self)
+        if self.adaptive is not None:
+            self.adaptive.counting = True  # from here on its factors count unclipped units
         if self.randomness == "seeded":
             self._generator = torch.Generator(device=self.root_device).manual_seed(self.noise_seed)
             if self._restored_generator is not None:
@@ -225,6 +232,8 @@ class DPStepping(PhysicalBatching):
                  "sample_rate": self.sample_rate, "delta": self.delta,
                  "accountant": self.accountant, "max_grad_norm": self.max_grad_norm,
                  "randomness": self.randomness, "noise_generator": generator}  # fmt: skip
+        if self.adaptive is not None:
+            state["adaptive_clipping"] = self._adaptive_settings()
         if self.noise.name != "independent" or self.participation_period != 1:
             state.update(noise_mechanism=self.noise.name,
                          participation_period=self.participation_period,
@@ -253,6 +262,12 @@ class DPStepping(PhysicalBatching):
         for key, default, mine in defaults:
             if state.get(key, default) != mine:
                 mismatched.append(f"{key} (checkpoint {state.get(key, default)}, this run {mine})")
+        adaptive = state.get("adaptive_clipping")
+        mine = self._adaptive_settings() if self.adaptive is not None else None
+        if (adaptive is None) != (mine is None) or (
+            mine and any(adaptive[k] != mine[k] for k in mine if k != "clip_norm")
+        ):
+            mismatched.append(f"adaptive clipping (checkpoint {adaptive}, this run {mine})")
         sigma = state["noise_multiplier"]
         if sigma != self.noise_multiplier:
             if self.target_epsilon is None:
@@ -274,6 +289,8 @@ class DPStepping(PhysicalBatching):
             )
         self.dp_steps = int(state["dp_steps"])
         self._epsilon_cache = None
+        if adaptive is not None:
+            self.adaptive.max_grad_norm = float(adaptive["clip_norm"])
         if state.get("noise_state"):
             planned = self.noise_stream.state_dict()
             try:
@@ -310,9 +327,30 @@ class DPStepping(PhysicalBatching):
         for hook in self.step_hooks:
             hook.before_training(self)
 
+    def _adaptive_settings(self) -> dict:
+        a = self.adaptive
+        return {"initial": a.initial, "target_quantile": a.target_quantile,
+                "learning_rate": a.learning_rate, "count_noise": a.count_noise,
+                "clip_norm": a.max_grad_norm}  # fmt: skip
+
+    @property
+    def clip_norm(self) -> float:
+        """The clipping threshold of the next step (moves under adaptive clipping)."""
+        return self.adaptive.max_grad_norm if self.adaptive is not None else self.max_grad_norm
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """The gradient's noise multiplier: sigma, or under adaptive clipping sigma_g > sigma,
+        which with the count's noise makes one Gaussian mechanism of multiplier sigma."""
+        if self.adaptive is None:
+            return self.noise_multiplier
+        return self.adaptive.gradient_multiplier(self.noise_multiplier, self.expected_batch_size)
+
     def training_step(self, *args: Any, **kwargs: Any):
         for hook in self.step_hooks:
             hook.before_step(self)
+        if self.adaptive is not None:
+            self.adaptive.take_count(self.root_device)  # nothing left from another pass
         output = accumulate(self.engine, self._physical_steps(args, kwargs))
         self._local_examples = real_count(args[0])
         self._pending = True
@@ -327,10 +365,18 @@ class DPStepping(PhysicalBatching):
         if not self._pending:
             raise RuntimeError("DPStrategy.backward without a DP training_step before it")
         sums = clipped_sum(self.engine, self.step_hooks)
+        count = []  # adaptive clipping: the centred count of unclipped units, released too
+        if self.adaptive is not None:
+            count = [self.adaptive.take_count(sums[0].device).to(sums[0].dtype)]
         if self.is_global_zero:  # generator None: the secure source
-            std = self.noise_multiplier * self.max_grad_norm
+            std = self.gradient_noise_multiplier * self.clip_norm
             sums = noised(sums, std, self.noise_stream, self._generator, self.step_hooks)
-        self._reduce_with_count(sums)
+            if count and self.noise_multiplier > 0:
+                std = self.adaptive.count_std(self.expected_batch_size)
+                count = [count[0] + gaussian(count[0], std, self._generator)]
+        self._reduce_with_count([*sums, *count])
+        if count:
+            self.adaptive.update(float(count[0]), self.expected_batch_size)
         release(sums, self.step_hooks)
         for p, g in zip(self.engine.params, gradients(sums, self.expected_batch_size)):
             p.grad = g

@@ -105,3 +105,19 @@ def test_input_canaries_join_the_training_set_and_are_scored(tmp_path) -> None:
         run_audit(audit_cfg([*FAST, "audit.kind=input", "audit.canaries=900"]), tmp_path / "x")
     with pytest.raises(ValueError, match="audit.kind"):
         run_audit(audit_cfg([*FAST, "audit.kind=membership"]), tmp_path / "y")
+
+
+def test_user_level_runs_are_audited_per_user(tmp_path) -> None:
+    """privacy.unit=user: a gradient canary is one user's clipped contribution, joining at the
+    users' rate; an input canary is a user of its own (one example)."""
+    users = [*FAST, "privacy.unit=user", "dataset.users=400", "privacy.examples_per_user=4",
+             "sampler.expected_batch_size=64"]  # fmt: skip
+    ok = run_audit(audit_cfg(users), tmp_path / "ok")
+    assert ok["consistent"] and ok["epsilon_lower_bound"] < ok["claimed_epsilon"] <= 1.0
+    broken = run_audit(audit_cfg([*users, "audit.sabotage=noise"]), tmp_path / "noise")
+    assert not broken["consistent"]
+    record = run_audit(audit_cfg([*users, "audit.kind=input", "audit.canaries=200"]),
+                       tmp_path / "input")  # fmt: skip
+    assert record["consistent"]
+    summary = json.loads((tmp_path / "input" / "summary.json").read_text())
+    assert summary["privacy_unit"] == "user" and summary["num_users"] > record["included"]

@@ -157,3 +157,20 @@ def test_user_level_without_users_is_refused_by_name(tmp_path) -> None:
     assert done.returncode != 0 and "dataset.users=<count>" in done.stderr
     done = run(tmp_path / "b", "privacy.unit=users")
     assert done.returncode != 0 and "privacy.unit='users'" in done.stderr
+
+
+def test_a_user_level_run_resumes_bit_for_bit(compose_cfg, tmp_path) -> None:
+    from dpresearch.train import run as train
+    from tests.test_resume import assert_same_training, last_checkpoint
+
+    args = ["logger=csv", "extras.print_config=false", "trainer.enable_progress_bar=false",
+            "privacy.unit=user", "dataset.users=300", "dataset.user_skew=1.0",
+            "sampler.expected_batch_size=40", "privacy.target_epsilon=null",
+            "privacy.noise_multiplier=1.2", "sampler=poisson_masked",
+            "sampler.max_physical_batch_size=64"]  # fmt: skip
+    whole = train(compose_cfg([*args, "trainer.max_epochs=4"]), tmp_path / "whole")
+    train(compose_cfg([*args, "trainer.max_epochs=2"]), tmp_path / "split")
+    resumed = train(compose_cfg([*args, "trainer.max_epochs=4", "run.resume=true"]),
+                    tmp_path / "split")  # fmt: skip
+    assert resumed["epsilon"] == whole["epsilon"] and resumed["steps"] == whole["steps"]
+    assert_same_training(last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "split"))

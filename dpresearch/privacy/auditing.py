@@ -236,6 +236,9 @@ class InputCanaries(Canaries):
             torch.cat([train.y[keep], y[inside]]),
             train.transform,
         )
+        if train.users is not None:  # user-level DP: each canary is a user of its own
+            fresh = int(train.users.max()) + 1 + torch.arange(len(inside))
+            datamodule.train_set.users = torch.cat([train.users[keep], fresh])
 
     def on_engine(self, strategy) -> None:
         if self.sabotage == "clipping":

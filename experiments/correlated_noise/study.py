@@ -3,8 +3,9 @@
     python experiments/correlated_noise/study.py digits_dp OUT [--mechanisms independent,banded_mf]
 
 For each target epsilon (1, 2, 4, 8) and mechanism: seed 0 at four learning rates (0.5, 1, 2
-and 4 times the experiment's default), the best by validation accuracy, then that learning rate
-at seeds 1 and 2. Each run is `python run.py +experiment=<exp> noise=<mechanism> ...` in its own
+and 4 times the experiment's default), extended by factors of 2 past whichever edge holds the
+best (up to 3 more), the best by validation accuracy, then that learning rate at seeds 1 and
+2. Each run is `python run.py +experiment=<exp> noise=<mechanism> ...` in its own
 process; a finished run (its summary.json says completed) is not run again, so the study
 resumes and a later mechanism adds its rows. The choice of learning rate reads the validation
 accuracy: it is tuning outside the accountant, the same for every mechanism (the comparison is
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EPSILONS = (1, 2, 4, 8)
 LR_FACTORS = (0.5, 1.0, 2.0, 4.0)  # 2x was chosen most often in a first pass: 4x added
+MAX_EXTENSIONS = 3  # beyond the grid's edges, while the best learning rate is at one
 DEFAULT_LR = {"digits_dp": 0.01, "mnist1d_dp": 0.005}
 # BandMF bands: at most N / E groups (digits: 1,150 / 256 -> 4; mnist1d: 3,600 / 256 -> 14)
 MECHANISM_ARGS = {"independent": ["noise=independent"],
@@ -61,6 +63,14 @@ def main() -> None:
             lrs = [DEFAULT_LR[args.exp] * f for f in LR_FACTORS]
             tried = {lr: run_one(args.out, args.exp, mechanism, eps, lr, 0) for lr in lrs}
             best = max(lrs, key=lambda lr: tried[lr]["val_accuracy"])
+            # The best at an edge of the grid: extend the grid that way (by factors of 2, to
+            # at most MAX_EXTENSIONS more) until it is inside, the same rule for every cell.
+            for _ in range(MAX_EXTENSIONS):
+                if best not in (min(tried), max(tried)):
+                    break
+                lr = best * 2 if best == max(tried) else best / 2
+                tried[lr] = run_one(args.out, args.exp, mechanism, eps, lr, 0)
+                best = max(tried, key=lambda lr: tried[lr]["val_accuracy"])
             for seed in (1, 2):
                 run_one(args.out, args.exp, mechanism, eps, best, seed)
             print(f"{args.exp} {mechanism} eps {eps}: lr {best:g}", flush=True)

@@ -94,3 +94,27 @@ def test_bad_text_files_are_refused_naming_file_and_line(tmp_path, name, content
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(DataError, match=match):
         TextFiles(train=str(path), test=str(path), tokenizer=MINILM, num_classes=2).read()
+
+
+def test_text_files_name_each_rows_user(tmp_path) -> None:
+    """dataset.user_column: each training row's user from the files (privacy.unit=user);
+    a missing column, an empty value and synthetic users beside it are refused by name."""
+    rows = [{"text": f"sentence {i}", "label": i % 2, "author": f"user{i % 7}"} for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:5]))
+    files = {"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl"),
+             "tokenizer": MINILM, "num_classes": 2, "max_length": 8,
+             "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    dm = setup(TextFiles(user_column="author", **files))
+    assert dm.num_users == 7
+    texts = dm.tokenizer.batch_decode(dm.train_set.x["input_ids"], skip_special_tokens=True)
+    for text, user in zip(texts, dm.train_set.users.tolist()):  # the row's own user
+        assert sorted(f"user{i}" for i in range(7))[user] == f"user{int(text.split()[-1]) % 7}"
+    with pytest.raises(DataError, match="dataset.user_column"):
+        TextFiles(user_column="writer", **files).read()
+    with pytest.raises(ValueError, match="set only one"):
+        TextFiles(user_column="author", users=5, **files)
+    rows[3]["author"] = " "
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match="no user in column 'author'"):
+        TextFiles(user_column="author", **files).read()

@@ -274,9 +274,17 @@ class TextFiles(TextDataModule):
         text_columns: list[str] = ("text",),
         label_column: str = "label",
         labels: list[str] | None = None,
+        user_column: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if user_column is not None and self.users is not None:
+            raise ValueError(
+                f"dataset.user_column={user_column!r} reads each example's user from the files; "
+                f"dataset.users={self.users} would invent synthetic ones: set only one"
+            )
+        self.user_column = user_column  # privacy.unit=user: each row's user, from the files
+        self._file_users: list[str] | None = None
         self.train_path, self.test_path = Path(train), Path(test)
         self.text_columns, self.label_column = list(text_columns), label_column
         self.labels = None if labels is None else [str(v) for v in labels]
@@ -288,6 +296,23 @@ class TextFiles(TextDataModule):
         # Where the label names came from: the config (public), or the private files (then
         # the set of names is itself read from private data, and the records say so).
         self.label_source = "config" if self.labels is not None else None
+
+    def _users_of(self, rows: list) -> list[str]:
+        if self.user_column not in rows[0][1]:
+            raise DataError(
+                f"{self.train_path} has no column {self.user_column!r} (its columns: "
+                f"{sorted(rows[0][1])}); set dataset.user_column to the column naming each "
+                "row's user"
+            )
+        return [_user_of(self.train_path, where, row, self.user_column) for where, row in rows]
+
+    def example_users(self, train_idx: torch.Tensor) -> torch.Tensor | None:
+        """The training rows' users, read from ``dataset.user_column`` (names or numbers)."""
+        if self.user_column is None:
+            return super().example_users(train_idx)
+        names = {name: i for i, name in enumerate(sorted(set(self._file_users)))}
+        ids = torch.tensor([names[u] for u in self._file_users], dtype=torch.long)
+        return ids[train_idx]
 
     def read(self):
         located = {self.train_path: _read_rows(self.train_path),
@@ -310,6 +335,8 @@ class TextFiles(TextDataModule):
                     )
         train = [row for _, row in located[self.train_path]]
         test = [row for _, row in located[self.test_path]]
+        if self.user_column is not None:
+            self._file_users = self._users_of(located[self.train_path])
         raw = [r[self.label_column] for r in train + test]
         as_int = self.labels is None and all(str(v).lstrip("-").isdigit() for v in raw)
         if self.labels is not None:
@@ -333,3 +360,11 @@ class TextFiles(TextDataModule):
             return texts, labels
 
         return (*convert(train), *convert(test))
+
+
+def _user_of(path: Path, where: str, row: dict, column: str) -> str:
+    value = row.get(column)
+    if value is None or str(value).strip() == "":
+        raise DataError(f"{path}, {where}: no user in column {column!r}; fill it in or remove "
+                        "the row")  # fmt: skip
+    return str(value)

@@ -5,7 +5,7 @@
 digits_dp (GroupNorm CNN, epsilon 3) with random-shift augmentation, K = 1, 4, 8, 16 views
 per example averaged before clipping, three seeds, two budgets:
 - equal steps: the default 30 epochs at every K (K times the compute of K = 1);
-- equal compute: round(150 / K) of the 150 steps (trainer.max_steps: about the per-view
+- equal compute: round(150 / K) of the 150 steps (+trainer.max_steps: about the per-view
   gradients of K = 1); sigma is calibrated for each run's own steps, so every run spends the
   same epsilon.
 And K = 1 without augmentation, the recipe's default, for reference.
@@ -41,7 +41,7 @@ def main() -> None:
                 steps = STEPS if budget == "equal_steps" else round(STEPS / k)
                 run_one(args.out / budget / f"k{k}_seed{seed}",
                         [*base, "dataset.augment=true", f"privacy.augmentations={k}",
-                         f"trainer.max_steps={steps}", f"seed={seed}"])  # fmt: skip
+                         f"+trainer.max_steps={steps}", f"seed={seed}"])  # fmt: skip
         print(f"{budget}: done", flush=True)
 
 

@@ -421,6 +421,15 @@ def prepare(r: Run, multirun: bool) -> None:
     drawn = user_sampling(sampling, privacy.examples_per_user) if by_user else sampling
     datamodule.attach_sampler(drawn, privacy.sampler_seed(cfg.seed))
     datamodule.attach_views(privacy.augmentations)
+    rows = privacy.augmentations * (privacy.examples_per_user if by_user else 1)
+    if rows > sampling.max_physical_batch_size:  # a unit is never split across batches
+        raise ValueError(
+            f"a privacy unit holds {rows} rows (privacy.augmentations={privacy.augmentations}"
+            + (f" x privacy.examples_per_user={privacy.examples_per_user}" if by_user else "")
+            + f"), more than sampler.max_physical_batch_size="
+            f"{sampling.max_physical_batch_size}: a unit is clipped whole, so raise the "
+            "physical batch or lower the views"
+        )
     summary.update(
         dataset=r.choices.get("dataset", datamodule.name),
         model=r.choices.get("model", cfg.model._target_.rsplit(".", 1)[-1]),

@@ -190,3 +190,11 @@ def test_augmentations_is_checked_by_name() -> None:
     for bad in (0, 2.5, "4"):
         with pytest.raises(PrivacyConfigError, match="privacy.augmentations"):
             DPSpec(augmentations=bad)
+
+
+def test_a_unit_larger_than_the_physical_batch_is_refused(compose_cfg, tmp_path) -> None:
+    from dpresearch.train import run
+
+    with pytest.raises(ValueError, match="sampler.max_physical_batch_size=2"):
+        run(compose_cfg(["logger=none", "dataset.augment=true", "privacy.augmentations=4",
+                         "sampler.max_physical_batch_size=2"]), tmp_path)  # fmt: skip

@@ -137,3 +137,13 @@ def test_adaptive_clipping_refusals_name_the_key(compose_cfg, tmp_path) -> None:
     for key, bad in (("target_quantile", 1.5), ("learning_rate", 0), ("count_noise", -1)):
         with pytest.raises(PrivacyConfigError, match=f"clipping.{key}"):
             AdaptiveClipping(**{key: bad})
+
+
+def test_padding_rows_do_not_count(compose_cfg, tmp_path) -> None:
+    """Masked Poisson pads each batch with zero-gradient rows; they are neither clipped nor
+    unclipped examples, so the threshold moves exactly as without padding."""
+    args = [*FAST, "clipping=adaptive", "clipping.max_grad_norm=0.05", "trainer.max_epochs=2",
+            "sampler.max_physical_batch_size=100"]  # fmt: skip
+    plain = run(compose_cfg(args), tmp_path / "plain")
+    masked = run(compose_cfg([*args, "sampler=poisson_masked"]), tmp_path / "masked")
+    assert masked["final_max_grad_norm"] == pytest.approx(plain["final_max_grad_norm"], rel=1e-9)

@@ -174,3 +174,15 @@ def test_a_user_level_run_resumes_bit_for_bit(compose_cfg, tmp_path) -> None:
                     tmp_path / "split")  # fmt: skip
     assert resumed["epsilon"] == whole["epsilon"] and resumed["steps"] == whole["steps"]
     assert_same_training(last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "split"))
+
+
+def test_reports_name_the_unit_and_the_views() -> None:
+    """Comparisons never pool user-level with example-level runs: the method says so."""
+    from dpresearch.tracking.summary import method_label, run_tags
+
+    base = {"private": True, "clipping": "fixed", "engine": "bk", "finetune": "full"}
+    assert method_label(base) == "fixed/bk/full"
+    user = {**base, "privacy_unit": "user", "augmentations": 8}
+    assert method_label(user) == "fixed/bk/full/8views/user-level"
+    tags, extra = run_tags(user, "train")
+    assert extra["labels"]["unit"] == "user" and "method=fixed/bk/full/8views/user-level" in tags

@@ -71,8 +71,8 @@ def record_failure(out: Path, rank: int, error: BaseException, trace: str, since
 
 
 def method_label(summary: dict) -> str:
-    """How comparisons name a run's method: clipping/engine/scope[/sampler][/noise], or
-    non-private."""
+    """How comparisons name a run's method: clipping/engine/scope[/sampler][/noise]
+    [/Kviews][/user-level], or non-private."""
     if summary.get("private") is False:
         return f"non-private/{summary.get('finetune') or 'full'}"
     parts = [summary.get("clipping") or "?", summary.get("engine") or "?",
@@ -81,6 +81,10 @@ def method_label(summary: dict) -> str:
         parts.append(summary["sampler"])
     if noise_mechanism(summary) not in (None, "independent"):
         parts.append(noise_mechanism(summary))
+    if (summary.get("augmentations") or 1) > 1:
+        parts.append(f"{summary['augmentations']}views")
+    if summary.get("privacy_unit") == "user":  # its epsilon protects a user, not an example
+        parts.append("user-level")
     return "/".join(str(p) for p in parts)
 
 
@@ -100,6 +104,7 @@ def run_tags(summary: dict, job_type: str, config: dict | None = None) -> tuple[
             "seed")  # fmt: skip
     labels = {k: summary.get(k) for k in keys}
     labels["noise"] = noise_mechanism(summary)
+    labels["unit"] = summary.get("privacy_unit")
     method = method_label(summary)
     values = setting_of(config or {}, method, str(summary.get("dataset")),
                         summary.get("private") is not False)  # fmt: skip

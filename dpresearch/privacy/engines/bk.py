@@ -36,7 +36,11 @@ def _wide(sq: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_sq_norms(record: PerExample, units: Units) -> torch.Tensor:
-    """Squared norms of each unit's weighted sum of its rows' gradients (materialized)."""
+    """Squared norms of each unit's weighted sum of its rows' gradients: by the rule's own
+    pooled form where it has one (weight matrices), else from materialized per-example
+    gradients summed per unit."""
+    if record.unit_sq_norms is not None:
+        return _wide(record.unit_sq_norms(units))
     grouped = units.group(_wide(record.per_example()))
     return grouped.reshape(units.count, -1).pow(2).sum(1)
 

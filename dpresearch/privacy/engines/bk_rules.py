@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpresearch.privacy.engines.base import without_padding
+from dpresearch.privacy.units import Units
 
 
 @dataclass
@@ -32,6 +33,9 @@ class PerExample:
     weighted_sum: Callable[[torch.Tensor], torch.Tensor]  # c (N,) -> sum_i c_i g_i
     mode: str  # "ghost" or "materialized"
     per_example: Callable[[], torch.Tensor]  # () -> (N, *param.shape), to add up shared uses
+    # Units of several rows (``dpresearch.privacy.units``): each unit's squared norm without
+    # per-example gradients, where the rule can (a weight matrix: the unit's positions pooled).
+    unit_sq_norms: Callable[[Units], torch.Tensor] | None = None
 
 
 Rule = Callable[..., list[PerExample]]  # (module, input A, output gradient B, trainable ids)
@@ -78,12 +82,13 @@ def _matrix(
         g = b.mT @ a  # (N, O, I)
         return (g.mT if transposed else g).reshape(n, *param.shape)
 
+    units = partial(_pooled_sq_norms, a, b)
     if t == 1:
         a1, b1 = a[:, 0], b[:, 0]
         sq = a1.pow(2).sum(1) * b1.pow(2).sum(1)
         return PerExample(
             param, sq, lambda c: shaped((b1 * c[:, None].to(b1.dtype)).T @ a1), "ghost",
-            per_example,
+            per_example, units,
         )  # fmt: skip
     if 2 * t * t < i * o:
         sq = ((a @ a.mT) * (b @ b.mT)).sum((1, 2))
@@ -92,9 +97,33 @@ def _matrix(
             cb = (b * c[:, None, None].to(b.dtype)).reshape(-1, o)
             return shaped(cb.T @ a.reshape(-1, i))
 
-        return PerExample(param, sq, weighted, "ghost", per_example)
+        return PerExample(param, sq, weighted, "ghost", per_example, units)
     grads = b.mT @ a  # (N, O, I)
     return materialized(param, grads.mT if transposed else grads)
+
+
+def _pooled(units: Units, x: torch.Tensor) -> torch.Tensor:
+    """(N, T, d) rows -> (U, S T, d): each unit's rows' positions side by side, zero-padded to
+    the largest unit's S rows (zero positions add nothing to a gradient)."""
+    sizes = units.sizes().to(x.device)
+    index = units.index.to(x.device)
+    within = torch.arange(len(x), device=x.device) - (sizes.cumsum(0) - sizes)[index]
+    out = x.new_zeros(units.count, int(sizes.max()), *x.shape[1:])
+    out[index, within] = x
+    return out.reshape(units.count, -1, x.shape[-1])
+
+
+def _pooled_sq_norms(a: torch.Tensor, b: torch.Tensor, units: Units) -> torch.Tensor:
+    """Squared norms of the units' weighted weight-gradient sums sum_i w_i B_i^T A_i = B_u^T A_u
+    with the unit's positions pooled: the ghost norm on them, or B_u^T A_u materialized per
+    UNIT, whichever is cheaper (as for one example)."""
+    if units.weights is not None:
+        b = b * units.weights.to(b.device, b.dtype).view(-1, 1, 1)
+    pa, pb = _pooled(units, a), _pooled(units, b)
+    s = pa.shape[1]
+    if 2 * s * s < a.shape[-1] * b.shape[-1]:
+        return ((pa @ pa.mT) * (pb @ pb.mT)).sum((1, 2))
+    return (pb.mT @ pa).pow(2).sum((1, 2))
 
 
 def _bias(param: nn.Parameter, b: torch.Tensor) -> PerExample:

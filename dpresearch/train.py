@@ -418,6 +418,14 @@ def prepare(r: Run, multirun: bool) -> None:
         r.datamodule = build(cfg.dataset)
     datamodule = r.datamodule
     by_user = privacy.unit == "user"  # users are sampled, and clipped, not examples
+    given = {k: getattr(datamodule, k, None) for k in ("users", "user_column")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and not by_user:  # nothing is silently ignored
+        key, value = next(iter(given.items()))
+        raise ValueError(
+            f"dataset.{key}={value} gives each example a user, which only privacy.unit=user "
+            f"reads: set privacy.unit=user, or drop dataset.{key}"
+        )
     drawn = user_sampling(sampling, privacy.examples_per_user) if by_user else sampling
     datamodule.attach_sampler(drawn, privacy.sampler_seed(cfg.seed))
     datamodule.attach_views(privacy.augmentations)

@@ -186,3 +186,15 @@ def test_reports_name_the_unit_and_the_views() -> None:
     assert method_label(user) == "fixed/bk/full/8views/user-level"
     tags, extra = run_tags(user, "train")
     assert extra["labels"]["unit"] == "user" and "method=fixed/bk/full/8views/user-level" in tags
+
+
+def test_user_settings_without_user_level_are_refused(compose_cfg, tmp_path) -> None:
+    """Nothing is silently ignored: users or a per-user bound under privacy.unit=example."""
+    from dpresearch.privacy.spec import DPSpec, PrivacyConfigError
+    from dpresearch.train import run as train
+
+    with pytest.raises(ValueError, match="dataset.users=50 gives each example a user"):
+        train(compose_cfg(["logger=none", "dataset.users=50"]), tmp_path)
+    with pytest.raises(PrivacyConfigError, match="privacy.examples_per_user=4"):
+        DPSpec(examples_per_user=4)
+    assert DPSpec(unit="user").examples_per_user == 8

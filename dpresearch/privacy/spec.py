@@ -12,6 +12,7 @@ from dpresearch.privacy.accounting import ACCOUNTANTS
 ENGINE_CHOICES = ("auto", "hooks", "ghost", "bk", "vmap")
 RANDOMNESS = ("seeded", "secure")
 UNITS = ("example", "user")
+EXAMPLES_PER_USER = 8  # privacy.unit=user's default bound on a user's examples per step
 MAX_NOISE_MULTIPLIER = 1e6
 
 
@@ -41,7 +42,7 @@ class DPSpec:
     # examples): users are sampled, each contributes up to ``examples_per_user`` examples,
     # clipped together once, and epsilon is user-level.
     unit: str = "example"
-    examples_per_user: int = 8
+    examples_per_user: int | None = None  # null: 8 under privacy.unit=user
 
     enabled = True
 
@@ -87,7 +88,17 @@ class DPSpec:
             raise PrivacyConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
         if self.unit not in UNITS:
             raise PrivacyConfigError(f"privacy.unit={self.unit!r} is not one of {list(UNITS)}")
-        if not (isinstance(self.examples_per_user, int) and self.examples_per_user >= 1):
+        if self.unit == "example" and self.examples_per_user is not None:
+            raise PrivacyConfigError(
+                f"privacy.examples_per_user={self.examples_per_user} bounds a user's examples "
+                "per step, but privacy.unit=example has no users: set privacy.unit=user, or "
+                "leave examples_per_user null"
+            )
+        if self.unit == "user" and self.examples_per_user is None:
+            self.examples_per_user = EXAMPLES_PER_USER
+        if self.unit == "user" and not (
+            isinstance(self.examples_per_user, int) and self.examples_per_user >= 1
+        ):
             raise PrivacyConfigError(
                 "privacy.examples_per_user must be an integer >= 1 (the most examples of one "
                 f"user in a step), got {self.examples_per_user!r}"

@@ -60,6 +60,39 @@ def test_empty_poisson_batch_still_takes_a_noisy_step() -> None:
     assert moved > 0  # pure noise, std sigma*C/E per coordinate
 
 
+class NoEmptyBatches(nn.Module):
+    """Raises on a batch of zero rows, as Hugging Face attention does (its reshapes fail)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            raise RuntimeError("cannot reshape tensor of 0 elements")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("engine", ["hooks", "bk", "vmap"])
+def test_an_empty_batch_runs_forward_on_one_padding_row(engine: str) -> None:
+    """A user-level run samples few users, so empty steps happen: the forward then runs on one
+    padding example (zero gradient), and the step is the same pure-noise step."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 5, (8,))
+    steps = {}
+    for name, model in (("plain", mixed_model()), ("refusing", None)):
+        if model is None:
+            torch.manual_seed(0)
+            model = NoEmptyBatches(mixed_model())
+        before = [p.detach().clone() for p in model.parameters()]
+        strategy = dp_strategy(noise=1.0, clip=1.0, expected_batch_size=4, engine=engine)
+        fit_batches(model, x, y, [[]], strategy)
+        assert strategy.dp_steps == 1 and strategy.step_examples == 0
+        steps[name] = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    for a, b in zip(steps["plain"], steps["refusing"]):
+        torch.testing.assert_close(a, b)  # the same noise, nothing else
+
+
 def test_noise_has_std_sigma_c_over_expected_batch() -> None:
     """With an all-zero-gradient batch (clip tiny), the update is pure noise N(0, (sigma C/E)^2)."""
     torch.manual_seed(0)

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.engines import Engine
 from dpresearch.privacy.units import Units
 
@@ -58,15 +57,11 @@ def accumulate(
     engine: Engine, physical_steps: Iterable[tuple[Any, Callable[[], Any], Units | None]]
 ) -> Any:
     """Run every physical batch (and its privacy units) through the engine (an empty Poisson
-    batch: forward only, no gradient, the noise still follows); return the last
-    training_step output."""
+    batch comes as one padding row: a zero contribution, and the noise still follows);
+    return the last training_step output."""
     output = None
     for chunk, step, units in physical_steps:
-        if batch_size(chunk):
-            output = engine.run(step, chunk, units)
-        else:
-            with torch.no_grad():
-                output = step()
+        output = engine.run(step, chunk, units)
     return output
 
 

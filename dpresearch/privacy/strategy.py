@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.strategies import SingleDeviceStrategy, Strategy
 from pytorch_lightning.trainer.states import TrainerFn
 
-from dpresearch.data.padding import PAD_LABEL, count_real, labels
+from dpresearch.data.padding import PAD_LABEL, count_real, labels, padding_like
 from dpresearch.privacy.accounting import EpsilonResult, compute_epsilon
 from dpresearch.privacy.batching import batch_size
 from dpresearch.privacy.budget import BudgetGuard
@@ -96,6 +96,8 @@ class PhysicalBatching:
     ) -> list[tuple[Any, Callable[[], Any], Units | None]]:
         """(physical batch, its training_step, its privacy units): cut between units only."""
         batch, units = unwrap(args[0])
+        if batch_size(batch) == 0:  # an empty Poisson batch: one padding row to run forward on
+            batch, units = padding_like(batch), None
         rest = args[1:]
         return [
             (chunk, partial(Strategy.training_step, self, chunk, *rest, **kwargs), chunk_units)

@@ -20,7 +20,7 @@ from experiments.runs import completed  # noqa: E402
 HERE = Path(__file__).resolve().parent
 NAME = re.compile(r"eps(?P<eps>\d+)_seed(?P<seed>\d+)")
 LABELS = {"example": "example-level", "user_uniform": "user-level, uniform users",
-          "user_skewed": "user-level, skewed users (Zipf 1.5)"}  # fmt: skip
+          "user_skewed": "user-level, skewed users (Zipf 1.0)"}  # fmt: skip
 
 
 def main(out: Path) -> None:

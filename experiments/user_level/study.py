@@ -25,7 +25,7 @@ DATASETS = {  # experiment, users, expected examples per step, expected users pe
     "digits": ("digits_dp", 200, 256, 40),
     "sentiment": ("minilm_sentiment_bias_only_dp", 200, 64, 8),
 }
-UNITS = {"example": None, "user_uniform": 0.0, "user_skewed": 1.5}  # user_skew
+UNITS = {"example": None, "user_uniform": 0.0, "user_skewed": 1.0}  # user_skew
 PER_USER = 8
 
 

@@ -36,16 +36,15 @@ def main(out: Path) -> None:
     cells = {}
     for r in rows:
         cells.setdefault((r["budget"], r["k"]), []).append(r)
-    lines = ["| budget | K | test accuracy | seeds | steps | sigma | epsilon | wall s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| budget | K | test accuracy | seeds | steps | sigma | epsilon |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     stats = {}
     for (budget, k), rs in sorted(cells.items()):
         acc = [r["test_accuracy"] for r in rs]
         stats[budget, k] = (statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0)
-        wall = statistics.mean(r["wall_s"] for r in rs if r["wall_s"] is not None)
         lines.append(f"| {budget} | {k} | {stats[budget, k][0]:.3f} +- {stats[budget, k][1]:.3f}"
                      f" | {len(rs)} | {rs[0]['steps']} | {rs[0]['noise_multiplier']:.3g} | "
-                     f"{max(r['epsilon'] for r in rs):.3f} | {wall:.0f} |")  # fmt: skip
+                     f"{max(r['epsilon'] for r in rs):.3f} |")  # fmt: skip
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig, ax = plt.subplots(figsize=(6, 4))

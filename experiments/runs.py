@@ -4,6 +4,7 @@ back."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -34,3 +35,17 @@ def completed(out: Path, depth: int) -> list[tuple[Path, dict]]:
     found = sorted(out.glob("/".join(["*"] * depth) + "/summary.json"))
     summaries = [(p.parent, json.loads(p.read_text())) for p in found]
     return [(folder, s) for folder, s in summaries if s.get("status") == "completed"]
+
+
+def write_table(path: Path, rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Every run as a row of ``path`` (CSV), and the rows grouped by their cell: the values
+    of all columns before ``seed``."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    keys = list(rows[0])[: list(rows[0]).index("seed")]
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return cells

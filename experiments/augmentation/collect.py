@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 import statistics
 import sys
@@ -15,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from experiments.runs import completed  # noqa: E402
+from experiments.runs import completed, write_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NAME = re.compile(r"k(?P<k>\d+)_seed(?P<seed>\d+)")
@@ -29,13 +28,7 @@ def main(out: Path) -> None:
                      "seed": int(match["seed"]), "steps": s["steps"], "epsilon": s["epsilon"],
                      "noise_multiplier": s["noise_multiplier"], "wall_s": s.get("wall_s"),
                      "test_accuracy": s["test_accuracy"]})  # fmt: skip
-    with (HERE / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    cells = {}
-    for r in rows:
-        cells.setdefault((r["budget"], r["k"]), []).append(r)
+    cells = write_table(HERE / "results.csv", rows)
     lines = ["| budget | K | test accuracy | seeds | steps | sigma | epsilon |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     stats = {}

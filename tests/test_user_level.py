@@ -198,3 +198,15 @@ def test_user_settings_without_user_level_are_refused(compose_cfg, tmp_path) -> 
     with pytest.raises(PrivacyConfigError, match="privacy.examples_per_user=4"):
         DPSpec(examples_per_user=4)
     assert DPSpec(unit="user").examples_per_user == 8
+
+
+def test_a_sampler_refuses_the_other_units_state() -> None:
+    users = synthetic_users(100, 10, 0.0, seed=0)
+    by_user = user_sampling(PoissonSampling(expected_batch_size=4), 2).build(
+        100, 0, dataset=dataset(users)
+    )
+    by_example = PoissonSampling(expected_batch_size=4).build(100, 0)
+    with pytest.raises(ValueError, match="resume with privacy.unit=user"):
+        by_example.load_state_dict(by_user.state_dict())
+    with pytest.raises(ValueError, match="resume with privacy.unit=example"):
+        by_user.load_state_dict(by_example.state_dict())

@@ -149,6 +149,11 @@ class BatchSampler:
         return self.random.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        if "users" in state:  # a UserBatchSampler's state
+            raise ValueError(
+                "the checkpoint's sampler drew users (privacy.unit=user): resume with "
+                "privacy.unit=user, or start a new run"
+            )
         self.random.load_state_dict(state)
 
 

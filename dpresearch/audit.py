@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from dpresearch.privacy.auditing import CANARIES, GradientCanaries, InputCanaries, audit
+from dpresearch.privacy.audit_bounds import audit
+from dpresearch.privacy.auditing import CANARIES, GradientCanaries, InputCanaries
 from dpresearch.train import run
 
 KINDS = {
@@ -44,13 +45,14 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         }  # fmt: skip
     summary = run(cfg, output_dir, choices)
     canaries = json.loads((Path(output_dir) / CANARIES).read_text())
-    result = audit(np.array(canaries["scores"]), np.array(canaries["included"]),
-                   summary["delta"], options.confidence,
-                   tuple(options.guess_fractions))  # fmt: skip
+    scores = {name: np.array(values) for name, values in canaries["scores"].items()}
+    methods = {name: tuple(test) for name, test in canaries["methods"].items()}
+    result = audit(scores, np.array(canaries["included"]), summary["delta"],
+                   options.confidence, tuple(options.guess_fractions), methods)  # fmt: skip
     claimed = summary["epsilon"]
     record = {
-        **result.to_dict(),
         "claimed_epsilon": claimed,
+        **result.to_dict(),
         "consistent": result.epsilon_lower_bound <= claimed,
         "sabotage": options.sabotage,
         "kind": description,
@@ -74,10 +76,13 @@ def print_result(record: dict, path: Path) -> None:
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("claimed epsilon", f"{record['claimed_epsilon']:.3f}")
-    table.add_row(f"lower bound ({record['confidence']:.0%})",
+    for name, bound in record["bounds"].items():
+        table.add_row(f"lower bound, {name} ({bound['score']}; correct / guesses)",
+                      f"{bound['epsilon_lower_bound']:.3f} ({bound['correct']} / "
+                      f"{bound['guesses']})")  # fmt: skip
+    table.add_row(f"tightest lower bound ({record['confidence']:.0%}, all at once)",
                   f"{record['epsilon_lower_bound']:.3f}")  # fmt: skip
     table.add_row("canaries (included)", f"{record['canaries']} ({record['included']})")
-    table.add_row("best guesses: correct / made", f"{record['correct']} / {record['guesses']}")
     verdict = "consistent" if record["consistent"] else "INCONSISTENT: the claim is violated"
     table.add_row("verdict", verdict)
     Console().print(table)

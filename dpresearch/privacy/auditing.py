@@ -1,15 +1,13 @@
-"""An empirical lower bound on epsilon from one training run (Steinke, Nasr, Jagielski 2023,
-"Privacy Auditing with One (1) Training Run").
+"""Canaries: what an audited run carries so that an auditor can bound its epsilon from below
+(the bounds are in ``dpresearch.privacy.audit_bounds``).
 
-m canaries are each included independently with probability 1/2. After training, each gets a
-score; the auditor guesses "included" for the k+ highest scores and "excluded" for the k-
-lowest, and abstains on the rest. If the training is (epsilon, delta)-DP with respect to each
-canary, the number of correct guesses out of r = k+ + k- is stochastically dominated by a
-Binomial(r, e^eps / (1 + e^eps)), plus a term in delta (their Theorem 3 / Algorithm 2). The
-lower bound is the largest epsilon that this test rejects at the chosen confidence.
+m canaries are each included independently with probability 1/2. During training each gets a
+score, higher when it looks included; ``canaries.json`` (in the run folder) keeps the
+inclusion flags, the scores and which test reads which score.
 
-Several guess counts may be tried; each is tested at (1 - confidence) / (number of counts)
-(a union bound), so the reported bound holds at the stated confidence for all of them at once.
+- ``GradientCanaries`` (white-box, the noise-and-accountant check): gradients added to the
+  clipped sum. The auditor sees every step's noisy sum (all iterates, Nasr et al. 2023).
+- ``InputCanaries`` (black-box): mislabeled training examples, scored by the final model.
 """
 
 from __future__ import annotations
@@ -17,92 +15,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from scipy import stats
 from torch.nn import functional as F
 
 from dpresearch.data.base import TensorSet, take
 from dpresearch.privacy.step import StepHook
 
 CANARIES = "canaries.json"  # what an audited run leaves for the auditor: inclusion and scores
-
-
-def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
-    """P[at least v of r guesses correct] under (epsilon, delta)-DP, m canaries."""
-    if not 0 <= v <= r <= m:
-        raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
-    q = 1.0 / (1.0 + math.exp(-epsilon))  # accuracy of epsilon-DP randomized response
-    beta = float(stats.binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
-    if v == 0 or delta == 0:
-        return min(beta, 1.0)
-    # alpha = max over i = 1..v of P[v - i <= Binomial(r, q) < v] / i
-    i = np.arange(1, v + 1)
-    alpha = float(np.max(np.cumsum(stats.binom.pmf(v - i, r, q)) / i))
-    return min(beta + 2 * m * delta * alpha, 1.0)
-
-
-def epsilon_lower_bound(m: int, r: int, v: int, delta: float, significance: float) -> float:
-    """The largest epsilon whose p-value for v correct out of r is below ``significance``
-    (0 when even epsilon 0 cannot be rejected)."""
-    if p_value(m, r, v, 0.0, delta) >= significance:
-        return 0.0
-    low, high = 0.0, 1.0
-    while p_value(m, r, v, high, delta) < significance:
-        low, high = high, 2 * high
-        if high > 1e3:
-            return low
-    for _ in range(50):
-        mid = (low + high) / 2
-        low, high = (mid, high) if p_value(m, r, v, mid, delta) < significance else (low, mid)
-    return low
-
-
-@dataclass
-class AuditResult:
-    epsilon_lower_bound: float
-    guesses: int  # r of the best count
-    correct: int  # v of the best count
-    canaries: int  # m
-    included: int
-    confidence: float
-    delta: float
-    per_count: list[dict]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def audit(
-    scores: np.ndarray,
-    included: np.ndarray,
-    delta: float,
-    confidence: float = 0.95,
-    guess_fractions: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2),
-) -> AuditResult:
-    """Guess the top and bottom ``fraction * m / 2`` scores for each fraction (half "in", half
-    "out"), count the correct guesses, and return the best lower bound (union bound over the
-    fractions)."""
-    scores, included = np.asarray(scores, dtype=float), np.asarray(included, dtype=bool)
-    m = len(scores)
-    if m == 0 or len(included) != m:
-        raise ValueError(f"{m} scores but {len(included)} inclusion flags")
-    significance = (1 - confidence) / len(guess_fractions)
-    order = np.argsort(-scores, kind="stable")  # highest score first
-    rows = []
-    for fraction in guess_fractions:
-        k = max(1, int(round(fraction * m / 2)))
-        top, bottom = order[:k], order[m - k :]
-        correct = int(included[top].sum() + (~included[bottom]).sum())
-        eps = epsilon_lower_bound(m, 2 * k, correct, delta, significance)
-        rows.append({"guesses": 2 * k, "correct": correct, "epsilon_lower_bound": eps})
-    best = max(rows, key=lambda r: r["epsilon_lower_bound"])
-    return AuditResult(best["epsilon_lower_bound"], best["guesses"], best["correct"], m,
-                       int(included.sum()), confidence, delta, rows)  # fmt: skip
+MAX_GRADIENT_CANARIES = 50_000  # audit.canaries=null: one per trainable coordinate up to this
 
 
 class Canaries(StepHook, pl.Callback):
@@ -110,26 +33,34 @@ class Canaries(StepHook, pl.Callback):
     data (``on_train_set``), in each DP step (a ``StepHook``: ``on_engine``,
     ``on_clipped_sum``, ``on_release``), and scores after training (``finish``, written to
     ``canaries.json`` in the run folder for the auditor).
-    Each is included independently with probability 1/2 (``included``); ``scores`` are higher
-    for canaries that look included.
+    Each is included independently with probability 1/2 (``included``); ``scores`` (one array
+    per score name) are higher for canaries that look included; ``methods`` names the bound
+    (``audit_bounds.METHODS``) and the score each reported bound uses.
 
     ``sabotage`` breaks the mechanism on purpose, to show the audit catches it: ``noise`` adds
     no noise while the accountant still counts sigma; ``clipping`` leaves gradients unclipped.
     """
 
     SABOTAGE = ("none", "noise", "clipping")
+    methods: dict[str, tuple[str, str]] = {}
 
-    def __init__(self, canaries: int, seed: int, sabotage: str = "none"):
-        if canaries < 2:
+    def __init__(self, canaries: int | None, seed: int, sabotage: str = "none"):
+        if canaries is not None and canaries < 2:
             raise ValueError(f"audit.canaries must be >= 2, got {canaries}")
         if sabotage not in self.SABOTAGE:
             raise ValueError(f"audit.sabotage={sabotage!r} is not one of {list(self.SABOTAGE)}")
-        self.m, self.sabotage = canaries, sabotage
+        self.sabotage, self.seed = sabotage, seed
         self.noise_factor = 0.0 if sabotage == "noise" else 1.0
         self.generator = torch.Generator().manual_seed(seed)
-        self.included = torch.rand(canaries, generator=self.generator) < 0.5
-        self.scores = torch.zeros(canaries, dtype=torch.float64)
+        self.scores: dict[str, torch.Tensor] = {}
         self.steps = 0
+        if canaries is not None:
+            self._draw(canaries)
+
+    def _draw(self, canaries: int) -> None:
+        """Which of the m canaries are included."""
+        self.m = canaries
+        self.included = torch.rand(canaries, generator=self.generator) < 0.5
 
     def on_train_set(self, datamodule) -> None:
         """Called once the DataModule has its splits, before the privacy plan."""
@@ -143,8 +74,9 @@ class Canaries(StepHook, pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finish(pl_module)
         if trainer.is_global_zero:
-            record = {"included": self.included.tolist(), "scores": self.scores.tolist(),
-                      "steps": self.steps}  # fmt: skip
+            record = {"included": self.included.tolist(), "steps": self.steps,
+                      "scores": {k: v.tolist() for k, v in self.scores.items()},
+                      "methods": self.methods}  # fmt: skip
             path = Path(trainer.default_root_dir) / CANARIES
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(record) + "\n")
@@ -161,48 +93,75 @@ class GradientCanaries(Canaries):
     (q, sigma, steps) guarantee covers it. Under cyclic Poisson sampling (participation period
     b) each canary belongs to one residue class and joins only the steps t = its residue
     mod b, each with the sampler's rate, as an example of its group would; the correlated
-    noise of ``noise=banded_mf`` then covers it as it covers the examples. The auditor sees
-    every step's noisy sum (all iterates: the strongest observer) and scores canary i by
-    s_i * (sum over steps of that sum at c_i). The other examples' gradients at c_i only add
-    noise to the scores.
+    noise of ``noise=banded_mf`` then covers it as it covers the examples.
+
+    The auditor is the strongest the DP guarantee allows: it sees every step's noisy sum (all
+    iterates) and knows every other example, hence the step's clipped sum of the others at
+    c_i (recorded before the canaries join; their sampling is independent of the canaries').
+    Its observation of canary i at step t, in units of the step's C, is
+    y = s_i (released - others) / C = (1 if it joined) + sigma * noise. Two scores:
+    ``sum`` (sum of y over steps: what the summed updates show) and ``likelihood_ratio``
+    (sum over steps of log(1 - q + q exp((y - 1/2) / sigma^2)): the Neyman-Pearson test of
+    each step's subsampled Gaussian, Nasr et al. 2023's white-box all-iterates auditor).
+    Methods: ``steinke`` and ``fdp`` on ``sum``, ``all_iterates`` (f-DP) on the likelihood
+    ratio. ``canaries=None``: one per trainable coordinate, up to MAX_GRADIENT_CANARIES.
     Sabotage ``clipping`` gives the canaries 50x the clipping threshold.
     """
 
-    def __init__(self, canaries: int, seed: int, sabotage: str = "none"):
-        super().__init__(canaries, seed, sabotage)
-        self.signs = torch.randint(0, 2, (canaries,), generator=self.generator) * 2.0 - 1.0
+    methods = {"steinke": ("steinke", "sum"), "fdp": ("fdp", "sum"),
+               "all_iterates": ("fdp", "likelihood_ratio")}  # fmt: skip
 
     def on_engine(self, strategy) -> None:
         params = strategy.engine.params
-        sample_rate, clip = strategy.sample_rate, strategy.max_grad_norm
         total = sum(p.numel() for p in params)
+        if getattr(self, "m", None) is None:
+            self._draw(min(total, MAX_GRADIENT_CANARIES))
         if self.m > total:
             raise ValueError(
                 f"audit.canaries={self.m} exceeds the {total} trainable parameters (one "
                 "coordinate each): lower audit.canaries"
             )
+        self.signs = torch.randint(0, 2, (self.m,), generator=self.generator) * 2.0 - 1.0
         self.coords = torch.randperm(total, generator=self.generator)[: self.m]
         self.sizes = [p.numel() for p in params]
-        self.sample_rate = sample_rate
-        self.magnitude = clip * (50.0 if self.sabotage == "clipping" else 1.0)
-        self.strategy = strategy  # its step counter: which residue class joins this step
+        self.sample_rate = strategy.sample_rate
+        self.strategy = strategy  # its step counter (residue class), C and sigma of each step
         self.period = strategy.participation_period
         self.residues = None
         if self.period > 1:
             self.residues = torch.randint(0, self.period, (self.m,), generator=self.generator)
+        self.scores = {"sum": torch.zeros(self.m, dtype=torch.float64),
+                       "likelihood_ratio": torch.zeros(self.m, dtype=torch.float64)}  # fmt: skip
+
+    def _flat(self, sums: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([s.detach().reshape(-1).cpu() for s in sums]).double()
 
     def on_clipped_sum(self, sums: list[torch.Tensor]) -> None:
-        joined = self.included & (torch.rand(self.m, generator=self.generator) < self.sample_rate)
+        self.others = self._flat(sums)[self.coords]  # the other examples' clipped sum at c_i
+        self.eligible = torch.ones(self.m, dtype=torch.bool)
         if self.residues is not None:
-            joined &= self.residues == self.strategy.dp_steps % self.period
+            self.eligible = self.residues == self.strategy.dp_steps % self.period
+        joined = self.included & self.eligible
+        joined &= torch.rand(self.m, generator=self.generator) < self.sample_rate
+        self.clip = self.strategy.clip_norm
+        magnitude = self.clip * (50.0 if self.sabotage == "clipping" else 1.0)
         flat = torch.zeros(sum(self.sizes), dtype=sums[0].dtype)
-        flat[self.coords[joined]] = self.magnitude * self.signs[joined].to(flat.dtype)
+        flat[self.coords[joined]] = magnitude * self.signs[joined].to(flat.dtype)
         for s, part in zip(sums, flat.split(self.sizes)):
             s.add_(part.view_as(s).to(s.device))
 
     def on_release(self, sums: list[torch.Tensor]) -> None:
-        flat = torch.cat([s.detach().reshape(-1).cpu() for s in sums]).double()
-        self.scores += self.signs.double() * flat[self.coords]
+        y = self.signs.double() * (self._flat(sums)[self.coords] - self.others) / self.clip
+        y = torch.where(self.eligible, y, 0.0)
+        sigma = self.strategy.gradient_noise_multiplier
+        q = self.sample_rate
+        if sigma > 0 and 0 < q < 1:
+            lr = torch.logaddexp(torch.tensor(math.log1p(-q), dtype=y.dtype),
+                                 math.log(q) + (y - 0.5) / sigma**2)  # fmt: skip
+        else:  # no noise claimed, or every step: the sum is the likelihood ratio's order
+            lr = y.clone()
+        self.scores["sum"] += y
+        self.scores["likelihood_ratio"] += torch.where(self.eligible, lr, 0.0)
         super().on_release(sums)
 
 
@@ -216,9 +175,16 @@ class InputCanaries(Canaries):
     Sabotage ``clipping`` switches per-example clipping off for every example.
     """
 
+    methods = {"steinke": ("steinke", "loss"), "fdp": ("fdp", "loss")}
+
     def on_train_set(self, datamodule) -> None:
         train = datamodule.train_set
         n, classes = len(train), datamodule.num_classes
+        if getattr(self, "m", None) is None:
+            raise ValueError(
+                f"audit.kind=input needs audit.canaries set (at most half of the {n} "
+                "training examples)"
+            )
         if self.m > n // 2:
             raise ValueError(
                 f"audit.canaries={self.m} is more than half of the {n} training examples: "
@@ -254,7 +220,7 @@ class InputCanaries(Canaries):
             x = {k: v.to(module.device) for k, v in x.items()} if isinstance(x, dict) else x
             logits = module(x.to(module.device) if isinstance(x, torch.Tensor) else x)
             losses.append(F.cross_entropy(logits, y.to(module.device), reduction="none").cpu())
-        self.scores = -torch.cat(losses).double()
+        self.scores = {"loss": -torch.cat(losses).double()}
         module.train(was_training)
 
 

@@ -21,48 +21,85 @@ from rich.console import Console
 from rich.table import Table
 
 from dpresearch.privacy.audit_bounds import audit
-from dpresearch.privacy.auditing import CANARIES, GradientCanaries, InputCanaries
+from dpresearch.privacy.auditing import (
+    CANARIES,
+    ExampleCanaries,
+    GradientCanaries,
+    InputCanaries,
+)
+from dpresearch.privacy.conformance import CONFORMANCE, ConformanceChecks
+from dpresearch.privacy.sabotage import BUGS, InjectedBug
 from dpresearch.train import run
 
 KINDS = {
     "gradient": (GradientCanaries, "gradient (white-box, every step observed)"),
     "input": (InputCanaries, "input (black-box, final model's loss on mislabeled examples)"),
+    "example": (
+        ExampleCanaries,
+        "example (white-box: crafted examples through the run's "
+        "sampler and engine, every step observed)",
+    ),
+    "none": (None, "no canaries (conformance checks only)"),
 }
+
+
+def _target(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     options = cfg.audit
-    if cfg.trainer.get("ddp") is not None:
-        raise ValueError("audit one process at a time: drop trainer=ddp")
     if options.kind not in KINDS:
         raise ValueError(f"audit.kind={options.kind!r} is not one of {list(KINDS)}")
+    if options.sabotage not in BUGS:
+        raise ValueError(f"audit.sabotage={options.sabotage!r} is not one of {list(BUGS)}")
+    if cfg.trainer.get("ddp") is not None and options.kind != "none":
+        raise ValueError("canaries audit one process at a time: drop trainer=ddp, or run the "
+                         "conformance checks alone (audit.kind=none)")  # fmt: skip
+    if options.kind == "none" and not options.checks:
+        raise ValueError("audit.kind=none with audit.checks=false audits nothing: set one")
     kind, description = KINDS[options.kind]
-    with open_dict(cfg):  # the canaries join the run as one of its callbacks
+    with open_dict(cfg):  # canaries, the injected bug and the checks join as callbacks
         cfg.callbacks = cfg.get("callbacks") or {}
-        cfg.callbacks.audit_canaries = {
-            "_target_": f"{kind.__module__}.{kind.__name__}", "canaries": options.canaries,
-            "seed": options.seed, "sabotage": options.sabotage,
-        }  # fmt: skip
+        if kind is not None:
+            cfg.callbacks.audit_canaries = {
+                "_target_": _target(kind), "canaries": options.canaries,
+                "seed": options.seed, "sabotage": options.sabotage,
+            }  # fmt: skip
+        if options.sabotage != "none":
+            cfg.callbacks.audit_sabotage = {"_target_": _target(InjectedBug),
+                                            "bug": options.sabotage}  # fmt: skip
+        if options.checks:  # last: it sees the sum every other hook added to
+            cfg.callbacks.audit_checks = {"_target_": _target(ConformanceChecks),
+                                          "false_alarm": options.false_alarm}  # fmt: skip
     summary = run(cfg, output_dir, choices)
-    canaries = json.loads((Path(output_dir) / CANARIES).read_text())
-    scores = {name: np.array(values) for name, values in canaries["scores"].items()}
-    methods = {name: tuple(test) for name, test in canaries["methods"].items()}
-    result = audit(scores, np.array(canaries["included"]), summary["delta"],
-                   options.confidence, tuple(options.guess_fractions), methods)  # fmt: skip
     claimed = summary["epsilon"]
-    record = {
-        "claimed_epsilon": claimed,
-        **result.to_dict(),
-        "consistent": result.epsilon_lower_bound <= claimed,
-        "sabotage": options.sabotage,
-        "kind": description,
-        "steps": canaries["steps"],
-        "experiment": summary.get("experiment"),
-        "test_accuracy": summary.get("test_accuracy"),
-        "noise_multiplier": summary.get("noise_multiplier"),
-        "sample_rate": summary.get("sample_rate"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    record: dict = {"claimed_epsilon": claimed}
+    if kind is not None:
+        canaries = json.loads((Path(output_dir) / CANARIES).read_text())
+        scores = {name: np.array(values) for name, values in canaries["scores"].items()}
+        methods = {name: tuple(test) for name, test in canaries["methods"].items()}
+        result = audit(scores, np.array(canaries["included"]), summary["delta"],
+                       options.confidence, tuple(options.guess_fractions), methods)  # fmt: skip
+        record.update(result.to_dict(), steps=canaries["steps"])
+    checks = canaries.get("checks", []) if kind is not None else []
+    if options.checks:
+        checks += json.loads((Path(output_dir) / CONFORMANCE).read_text())
+    flagged = [c["name"] for c in checks if c["passed"] is False]
+    bound = record.get("epsilon_lower_bound", 0.0)
+    record.update(
+        checks=checks,
+        flagged=flagged,
+        violated=bound > claimed,
+        consistent=bound <= claimed and not flagged,
+        sabotage=options.sabotage,
+        kind=description,
+        experiment=summary.get("experiment"),
+        test_accuracy=summary.get("test_accuracy"),
+        noise_multiplier=summary.get("noise_multiplier"),
+        sample_rate=summary.get("sample_rate"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     path = Path(options.output) if options.output else Path(output_dir) / "audit.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -76,14 +113,24 @@ def print_result(record: dict, path: Path) -> None:
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("claimed epsilon", f"{record['claimed_epsilon']:.3f}")
-    for name, bound in record["bounds"].items():
+    for name, bound in record.get("bounds", {}).items():
         table.add_row(f"lower bound, {name} ({bound['score']}; correct / guesses)",
                       f"{bound['epsilon_lower_bound']:.3f} ({bound['correct']} / "
                       f"{bound['guesses']})")  # fmt: skip
-    table.add_row(f"tightest lower bound ({record['confidence']:.0%}, all at once)",
-                  f"{record['epsilon_lower_bound']:.3f}")  # fmt: skip
-    table.add_row("canaries (included)", f"{record['canaries']} ({record['included']})")
-    verdict = "consistent" if record["consistent"] else "INCONSISTENT: the claim is violated"
+    if "bounds" in record:
+        table.add_row(f"tightest lower bound ({record['confidence']:.0%}, all at once)",
+                      f"{record['epsilon_lower_bound']:.3f}")  # fmt: skip
+        table.add_row("canaries (included)", f"{record['canaries']} ({record['included']})")
+    for check in record["checks"]:
+        mark = {True: "pass", False: "FLAGGED", None: "not run"}[check["passed"]]
+        table.add_row(f"check {check['name']}: {check['detail']}", mark)
+    if record["consistent"]:
+        verdict = "consistent"
+    else:
+        reasons = (["the bound exceeds the claim"] if record["violated"] else []) + [
+            f"{name} flagged" for name in record["flagged"]
+        ]
+        verdict = "INCONSISTENT: " + ", ".join(reasons)
     table.add_row("verdict", verdict)
     Console().print(table)
     Console().print(f"wrote {path}")

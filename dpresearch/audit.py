@@ -17,6 +17,7 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
@@ -66,13 +67,15 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
                 "_target_": _target(kind), "canaries": options.canaries,
                 "seed": options.seed, "sabotage": options.sabotage,
             }  # fmt: skip
+        if options.checks:  # before the bug: it checks the mechanism the bug breaks
+            cfg.callbacks.audit_checks = {"_target_": _target(ConformanceChecks),
+                                          "false_alarm": options.false_alarm}  # fmt: skip
         if options.sabotage != "none":
             cfg.callbacks.audit_sabotage = {"_target_": _target(InjectedBug),
                                             "bug": options.sabotage}  # fmt: skip
-        if options.checks:  # last: it sees the sum every other hook added to
-            cfg.callbacks.audit_checks = {"_target_": _target(ConformanceChecks),
-                                          "false_alarm": options.false_alarm}  # fmt: skip
     summary = run(cfg, output_dir, choices)
+    if rank_zero_only.rank != 0:  # under DDP, rank 0 audits (and writes) alone
+        return {}
     claimed = summary["epsilon"]
     record: dict = {"claimed_epsilon": claimed}
     if kind is not None:

@@ -62,15 +62,16 @@ def clipped_gradients(strategy, batch: Any) -> torch.Tensor:
     per_example = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0))
     n = len(batch[1]) if isinstance(batch, (tuple, list)) else len(next(iter(batch.values())))
     out = []
-    for start in range(0, n, CHUNK):
-        rows = _rows(batch, slice(start, start + CHUNK))
-        grads = [g.flatten(1) for g in per_example(params, rows).values()]
-        norms = torch.stack([g.norm(dim=1) for g in grads], dim=1)
-        if engine.per_layer:
-            factors = strategy.factors(norms)
-        else:
-            factors = strategy.factors(norms.norm(dim=1)).unsqueeze(1).expand_as(norms)
-        out.append(torch.cat([g * factors[:, j : j + 1] for j, g in enumerate(grads)], dim=1))
+    with engine.paused():
+        for start in range(0, n, CHUNK):
+            rows = _rows(batch, slice(start, start + CHUNK))
+            grads = [g.flatten(1) for g in per_example(params, rows).values()]
+            norms = torch.stack([g.norm(dim=1) for g in grads], dim=1)
+            if engine.per_layer:
+                factors = strategy.factors(norms)
+            else:
+                factors = strategy.factors(norms.norm(dim=1)).unsqueeze(1).expand_as(norms)
+            out.append(torch.cat([g * factors[:, j : j + 1] for j, g in enumerate(grads)], 1))
     return torch.cat(out)
 
 

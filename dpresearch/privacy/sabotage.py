@@ -15,6 +15,7 @@ import torch
 
 from dpresearch.data.samplers import ShuffleSampling
 from dpresearch.privacy.step import StepHook
+from dpresearch.privacy.units import unwrap
 
 BUGS = {
     "none": "nothing injected",
@@ -109,6 +110,14 @@ class InjectedBug(StepHook, pl.Callback):
             std = s.gradient_noise_multiplier * s.clip_norm / s.expected_batch_size
             with torch.no_grad():
                 self.frozen.add_(torch.randn_like(self.frozen) * std * 0.01)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.batch = batch
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.bug == "frozen_grad":  # the plain gradient of the batch's summed loss
+            losses = pl_module.example_losses(unwrap(self.batch)[0])
+            (self.frozen.grad,) = torch.autograd.grad(losses.sum(), [self.frozen])
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -9,7 +9,8 @@ each example's total norm, or with ``per_layer`` from its (N, P) per-parameter n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -41,6 +42,9 @@ def without_padding(layer: nn.Module, ids: torch.Tensor, backprops: torch.Tensor
 
 
 HALF = (torch.float16, torch.bfloat16)
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+               "_forward_hooks_always_called")  # fmt: skip
 
 
 def float32(t: Any) -> Any:
@@ -95,6 +99,24 @@ class Engine:
         sums = self._sums or [torch.zeros_like(p) for p in self.params]
         self._sums = None
         return [s.view_as(p) for s, p in zip(sums, self.params)]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The module without any hook, for a computation on it that is not a training step
+        (the audit's brute force under torch.func, which Opacus' full backward hooks break):
+        every submodule's hooks are set aside and put back after."""
+        kept = []
+        for m in self.module.modules():
+            saved = {name: getattr(m, name) for name in _HOOK_DICTS if hasattr(m, name)}
+            for name, hooks in saved.items():
+                setattr(m, name, type(hooks)())
+            kept.append((m, saved))
+        try:
+            yield
+        finally:
+            for m, saved in kept:
+                for name, hooks in saved.items():
+                    setattr(m, name, hooks)
 
     def close(self) -> None:
         """Remove every hook; the module is left as it was found."""

@@ -11,6 +11,8 @@ the epsilon it claims; a bound above the claim means the run does not deliver it
 from __future__ import annotations
 
 import json
+import resource
+import time
 from pathlib import Path
 
 import hydra
@@ -44,6 +46,14 @@ KINDS = {
 }
 
 
+def _cpu_seconds() -> float:
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _target(cls: type) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
@@ -73,6 +83,7 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         if options.sabotage != "none":
             cfg.callbacks.audit_sabotage = {"_target_": _target(InjectedBug),
                                             "bug": options.sabotage}  # fmt: skip
+    start, wall = _cpu_seconds(), time.monotonic()
     summary = run(cfg, output_dir, choices)
     if rank_zero_only.rank != 0:  # under DDP, rank 0 audits (and writes) alone
         return {}
@@ -97,6 +108,8 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         consistent=bound <= claimed and not flagged,
         sabotage=options.sabotage,
         kind=description,
+        cpu_seconds=_cpu_seconds() - start,  # this process and its finished children
+        wall_seconds=time.monotonic() - wall,
         experiment=summary.get("experiment"),
         test_accuracy=summary.get("test_accuracy"),
         noise_multiplier=summary.get("noise_multiplier"),
@@ -135,6 +148,7 @@ def print_result(record: dict, path: Path) -> None:
         ]
         verdict = "INCONSISTENT: " + ", ".join(reasons)
     table.add_row("verdict", verdict)
+    table.add_row("CPU time (s)", f"{record['cpu_seconds']:.0f}")
     Console().print(table)
     Console().print(f"wrote {path}")
 

@@ -30,7 +30,7 @@ from dpresearch.privacy.auditing import (
     GradientCanaries,
     InputCanaries,
 )
-from dpresearch.privacy.conformance import CONFORMANCE, ConformanceChecks
+from dpresearch.privacy.conformance import CONFORMANCE, NOT_COVERED, ConformanceChecks
 from dpresearch.privacy.sabotage import BUGS, InjectedBug
 from dpresearch.train import run
 
@@ -88,7 +88,7 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
     if rank_zero_only.rank != 0:  # under DDP, rank 0 audits (and writes) alone
         return {}
     claimed = summary["epsilon"]
-    record: dict = {"claimed_epsilon": claimed}
+    record: dict = {"claimed_epsilon": claimed, "private": False, "note": NOT_COVERED}
     if kind is not None:
         canaries = json.loads((Path(output_dir) / CANARIES).read_text())
         scores = {name: np.array(values) for name, values in canaries["scores"].items()}
@@ -98,7 +98,7 @@ def run_audit(cfg: DictConfig, output_dir: str | Path, choices: dict | None = No
         record.update(result.to_dict(), steps=canaries["steps"])
     checks = canaries.get("checks", []) if kind is not None else []
     if options.checks:
-        checks += json.loads((Path(output_dir) / CONFORMANCE).read_text())
+        checks += json.loads((Path(output_dir) / CONFORMANCE).read_text())["checks"]
     flagged = [c["name"] for c in checks if c["passed"] is False]
     bound = record.get("epsilon_lower_bound", 0.0)
     record.update(

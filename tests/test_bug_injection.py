@@ -53,19 +53,22 @@ def test_clean_configurations_are_not_flagged(overrides, tmp_path) -> None:
         assert {"noise", "sampling"} <= ran
 
 
-@pytest.mark.parametrize(
-    "bug, overrides, expected",
-    [("noise", [], {"noise"}),
-     ("clipping", [], {"clipping"}),
-     ("clipping_layer", ["audit.kind=example", "audit.canaries=100"], {"clipping"}),
-     ("clipping_layer", ["clipping.engine=hooks"], {"clipping"}),
-     ("norm_layer", ["audit.kind=example", "audit.canaries=100"], {"clipping"}),
-     ("norm_layer", ["clipping.engine=vmap"], {"clipping"}),
-     ("shuffle", [], {"sampling"}),
-     ("realized_batch", [], {"scale"}),
-     ("frozen_noise", ["finetune=head_only"], {"scope"}),
-     ("frozen_grad", ["finetune=head_only"], {"scope"})],
-)  # fmt: skip
+CAUGHT = [  # (bug, overrides, the checks that must flag it)
+    ("noise", [], {"noise"}),
+    ("clipping", [], {"clipping"}),
+    ("clipping_layer", ["audit.kind=example", "audit.canaries=100"], {"clipping"}),
+    ("clipping_layer", ["clipping.engine=hooks"], {"clipping"}),
+    ("norm_layer", ["audit.kind=example", "audit.canaries=100"], {"clipping"}),
+    ("norm_layer", ["clipping.engine=vmap"], {"clipping"}),
+    ("shuffle", [], {"sampling"}),
+    ("realized_batch", [], {"scale"}),
+    ("frozen_noise", ["finetune=head_only"], {"scope"}),
+    ("frozen_grad", ["finetune=head_only"], {"scope"}),
+]
+ELSEWHERE = {"resume_accountant", "noise_per_rank"}  # their own tests below
+
+
+@pytest.mark.parametrize("bug, overrides, expected", CAUGHT)
 def test_injected_bug_is_caught(bug, overrides, expected, tmp_path) -> None:
     record = audited([*CHECKS, *overrides, f"audit.sabotage={bug}"], tmp_path)
     assert not record["consistent"] and expected <= caught_by(record), record["checks"]
@@ -108,9 +111,25 @@ def test_noise_per_rank_under_ddp_is_caught(bug, tmp_path) -> None:
 
 
 def test_every_bug_is_in_the_suite() -> None:
-    """Each injected bug has a test above that shows it caught."""
-    source = Path(__file__).read_text()
-    assert all(bug in source for bug in BUGS)
+    """Each injected bug has a test here that shows it caught."""
+    assert {bug for bug, _, _ in CAUGHT} | ELSEWHERE == set(BUGS) - {"none"}
+
+
+def test_gradient_canaries_observe_the_mechanism_itself(tmp_path) -> None:
+    """Without noise, the auditor's observation (released minus the others' clipped sum, in
+    units of C) is exactly 1 when a canary joined and 0 when not: an excluded canary's summed
+    score is 0, an included one's a whole number of joins, about q per step."""
+    audited([*FAST, "audit.kind=gradient", "audit.canaries=2000", "audit.sabotage=noise"],
+            tmp_path)  # fmt: skip
+    record = json.loads((tmp_path / "canaries.json").read_text())
+    assert record["private"] is False
+    summed, included = np.array(record["scores"]["sum"]), np.array(record["included"])
+    np.testing.assert_allclose(summed[~included], 0, atol=1e-3)
+    np.testing.assert_allclose(summed[included], np.round(summed[included]), atol=1e-3)
+    q = json.loads((tmp_path / "summary.json").read_text())["sample_rate"]
+    joins = summed[included].mean()
+    steps = record["steps"]
+    assert abs(joins - q * steps) < 4 * np.sqrt(q * (1 - q) * steps / included.sum())
 
 
 def test_statistical_checks_fire_at_their_false_alarm_rate() -> None:

@@ -22,11 +22,25 @@ import torch
 from torch.nn import functional as F
 
 from dpresearch.data.base import TensorSet, take
-from dpresearch.privacy.conformance import clipped_gradients
+from dpresearch.privacy.conformance import NOT_COVERED, clipped_gradients
 from dpresearch.privacy.step import StepHook
 
 CANARIES = "canaries.json"  # what an audited run leaves for the auditor: inclusion and scores
 MAX_GRADIENT_CANARIES = 50_000  # audit.canaries=null: one per trainable coordinate up to this
+
+
+def step_likelihood_ratio(y: torch.Tensor, q: float, spread: torch.Tensor | float) -> torch.Tensor:
+    """log of the likelihood ratio of one step's observation y (in units of C) under "joined
+    with probability q" against "absent": log(1 - q + q exp((y - 1/2) / spread)), spread the
+    noise variance in the same units."""
+    return torch.logaddexp(
+        torch.tensor(math.log1p(-q), dtype=y.dtype), math.log(q) + (y - 0.5) / spread
+    )
+
+
+def zero_scores(m: int) -> dict[str, torch.Tensor]:
+    """The two white-box scores of m canaries, before any step."""
+    return {name: torch.zeros(m, dtype=torch.float64) for name in ("sum", "likelihood_ratio")}
 
 
 class Canaries(StepHook, pl.Callback):
@@ -76,7 +90,8 @@ class Canaries(StepHook, pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finish(pl_module)
         if trainer.is_global_zero:
-            record = {"included": self.included.tolist(), "steps": self.steps,
+            record = {"private": False, "note": NOT_COVERED,
+                      "included": self.included.tolist(), "steps": self.steps,
                       "scores": {k: v.tolist() for k, v in self.scores.items()},
                       "methods": self.methods, "checks": self.checks()}  # fmt: skip
             path = Path(trainer.default_root_dir) / CANARIES
@@ -132,8 +147,7 @@ class GradientCanaries(Canaries):
         self.residues = None
         if self.period > 1:
             self.residues = torch.randint(0, self.period, (self.m,), generator=self.generator)
-        self.scores = {"sum": torch.zeros(self.m, dtype=torch.float64),
-                       "likelihood_ratio": torch.zeros(self.m, dtype=torch.float64)}  # fmt: skip
+        self.scores = zero_scores(self.m)
 
     def _flat(self, sums: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([s.detach().reshape(-1).cpu() for s in sums]).double()
@@ -158,8 +172,7 @@ class GradientCanaries(Canaries):
         sigma = self.strategy.gradient_noise_multiplier
         q = self.sample_rate
         if sigma > 0 and 0 < q < 1:
-            lr = torch.logaddexp(torch.tensor(math.log1p(-q), dtype=y.dtype),
-                                 math.log(q) + (y - 0.5) / sigma**2)  # fmt: skip
+            lr = step_likelihood_ratio(y, q, sigma**2)
         else:  # no noise claimed, or every step: the sum is the likelihood ratio's order
             lr = y.clone()
         self.scores["sum"] += y
@@ -278,8 +291,7 @@ class ExampleCanaries(Canaries):
 
     def on_engine(self, strategy) -> None:
         self.strategy = strategy
-        self.scores = {"sum": torch.zeros(self.m, dtype=torch.float64),
-                       "likelihood_ratio": torch.zeros(self.m, dtype=torch.float64)}  # fmt: skip
+        self.scores = zero_scores(self.m)
 
     def on_release(self, sums: list[torch.Tensor]) -> None:
         released = torch.cat([s.detach().reshape(-1) for s in sums]).double()
@@ -293,9 +305,7 @@ class ExampleCanaries(Canaries):
                  / sq.sqrt().clamp(min=1e-30)).cpu()  # fmt: skip
         valid &= scale > 0
         q = self.strategy.sample_rate
-        spread = scale.clamp(min=1e-30).square()
-        lr = torch.logaddexp(torch.tensor(math.log1p(-q), dtype=obs.dtype),
-                             math.log(q) + (obs - 0.5) / spread)  # fmt: skip
+        lr = step_likelihood_ratio(obs, q, scale.clamp(min=1e-30).square())
         self.scores["sum"] += torch.where(valid, obs, 0.0)
         self.scores["likelihood_ratio"] += torch.where(valid, lr, 0.0)
         super().on_release(sums)

@@ -169,8 +169,13 @@ class ConformanceChecks(StepHook, pl.Callback):
         if refusal is not None:
             self.clipping_refusal = refusal
             return
-        with torch.no_grad():
-            per_example = clipped_gradients(self.strategy, self.batch)
+        try:
+            with torch.no_grad():
+                per_example = clipped_gradients(self.strategy, self.batch)
+        except (RuntimeError, NotImplementedError, ValueError) as err:  # e.g. a layer mixing
+            # the batch's examples, which torch.func cannot differentiate one at a time
+            self.clipping_refusal = f"torch.func cannot replay this model: {err}"[:300]
+            return
         brute = per_example.sum(0)
         engine = torch.cat([s.detach().reshape(-1) for s in sums])
         # Relative to what rounding scales with: the summands' norms (a sum that cancels,
